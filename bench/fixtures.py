@@ -1,0 +1,39 @@
+"""The files every scenario serves, written once per run into the temporary document root."""
+
+import os
+import random
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+
+_VOCABULARY = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut"
+    " labore et dolore magna aliqua enim ad minim veniam quis nostrud exercitation ullamco"
+    " laboris nisi aliquip ex ea commodo consequat duis aute irure in reprehenderit voluptate"
+    " velit esse cillum fugiat nulla pariatur excepteur sint occaecat cupidatat non proident"
+    " sunt culpa qui officia deserunt mollit anim id est laborum def return self conn sock recv"
+    " buffer pipe session listener upstream request response header body status if else while"
+    " for None True False int str bytes len append write read close open epoll timer xps_"
+)
+_WORDS = _VOCABULARY.split()
+
+
+def _text(size: int) -> bytes:
+    """Seeded random lines of lorem and source words: compresses about like real text."""
+    rng = random.Random(6)
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        indent = " " * 4 * rng.randrange(4)
+        line = f"{indent}{' '.join(rng.choices(_WORDS, k=rng.randrange(3, 14)))}\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode("ascii")[:size]
+
+
+def write_fixtures(docroot: Path) -> None:
+    """Write ``1k.txt``, ``1m.bin`` (random) and ``1m.txt`` (compressible text) into docroot."""
+    (docroot / "1k.txt").write_bytes(_text(KIB))
+    (docroot / "1m.bin").write_bytes(os.urandom(MIB))
+    (docroot / "1m.txt").write_bytes(_text(MIB))

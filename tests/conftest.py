@@ -1,0 +1,38 @@
+"""Fixtures: a served site in a temp dir and in-process servers on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import RunningServer, free_port, server_config
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "www"
+    (root / "test").mkdir(parents=True)
+    (root / "index.html").write_text("<h1>home</h1>\n")
+    (root / "hello.txt").write_text("hello world\n")
+    (root / "data.json").write_text('{"a": 1}\n')
+    (root / "test" / "cat.jpg").write_bytes(b"\xff\xd8\xff" + b"j" * 100)
+    (root / "big.bin").write_bytes(bytes(range(256)) * 4096 * 2)  # 2 MiB
+    return root
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    servers: list[RunningServer] = []
+
+    def start(routes: list[dict] | None = None, config: dict | None = None, **top) -> RunningServer:
+        if config is None:
+            config = server_config(free_port(), routes or [], **top)
+        server = RunningServer(config, tmp_path)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

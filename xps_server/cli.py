@@ -1,0 +1,84 @@
+"""`xps-server`: run eXpServer headless from a config file.
+
+Exit codes: 0 after a clean shutdown or a passing `--check`, 2 for an invalid config, 1 when
+the server cannot start (a port already taken, say). No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from xps_server.config import ConfigError, load_config
+from xps_server.core.core import Core
+
+log = logging.getLogger("xps.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xps-server", description="eXpServer: an nginx-style web server (headless)."
+    )
+    parser.add_argument("config", nargs="?", default="config.json", help="config file (JSON)")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log threshold")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long SIGTERM waits for in-flight responses (default 10)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"xps-server: invalid config {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"xps-server: {args.config} is valid")
+        return 0
+    core = Core(config)
+    try:
+        core.start()
+    except OSError as exc:
+        print(f"xps-server: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    loop = core.loop
+
+    def on_stop(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(lambda: core.shutdown(args.shutdown_timeout))
+
+    def on_reload(_signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(core.reload)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+    for key in core.listeners:
+        log.info("listening on %s:%d", *key)
+    try:
+        loop.run()
+    finally:
+        core.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Configuration: the JSON config file's model, its loader/validator, and route lookup."""
+
+from .load import ConfigError, load_config, parse_config
+from .model import Config, Limits, Listener, Route, Server, Timeouts, Upstream
+from .routes import find_route, find_server
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Limits",
+    "Listener",
+    "Route",
+    "Server",
+    "Timeouts",
+    "Upstream",
+    "find_route",
+    "find_server",
+    "load_config",
+    "parse_config",
+]

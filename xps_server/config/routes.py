@@ -1,0 +1,72 @@
+"""Per-request lookups: which server answers a Host header, and which route a path falls under.
+
+Both run on every request, so they only probe precomputed data: `find_route` walks the path's
+"/" boundaries from longest to shortest against `Server.route_map`.
+"""
+
+from __future__ import annotations
+
+from .model import Route, Server
+
+
+def _bare_host(host: str) -> str:
+    """A Host header reduced to the form configured hostnames are stored in.
+
+    Drops the port and IPv6 brackets, lower-cases, and drops a trailing dot (``Example.COM.:80``
+    and ``example.com`` name the same site).
+    """
+    name = host.strip().lower()
+    if name.startswith("["):
+        end = name.find("]")
+        if end > 0:
+            name = name[1:end]
+    elif name.count(":") == 1:
+        # More than one colon is a bare IPv6 literal, which has no port to strip.
+        name = name.partition(":")[0]
+    return name.removesuffix(".")
+
+
+def find_server(servers: list[Server], host: str) -> Server:
+    """The server among those sharing a listener that answers `host` (a Host header value).
+
+    Order of preference: an exact hostname; the longest matching "*.suffix" wildcard; the first
+    server that lists no hostnames (it answers any name, SPEC §2); the first server, as nginx's
+    default_server.
+    """
+    name = _bare_host(host)
+    wildcard: Server | None = None
+    wildcard_len = 0
+    catch_all: Server | None = None
+    for server in servers:
+        if not server.hostnames and catch_all is None:
+            catch_all = server
+        for pattern in server.hostnames:
+            if pattern == name:
+                return server
+            # pattern[1:] is ".suffix": "*.example.com" takes "a.example.com", not "example.com".
+            if (
+                pattern.startswith("*.")
+                and len(pattern) > wildcard_len
+                and name.endswith(pattern[1:])
+            ):
+                wildcard, wildcard_len = server, len(pattern)
+    return wildcard or catch_all or servers[0]
+
+
+def find_route(server: Server, path: str) -> Route | None:
+    """The route with the longest `req_path` that is `path` or a "/"-bounded prefix of it.
+
+    "/api" takes "/api", "/api/" and "/api/x" but never "/apix"; a "/" route takes anything.
+    `path` should already be percent-decoded and normalised.
+    """
+    route_map = server.route_map
+    route = route_map.get(path)
+    if route is not None:
+        return route
+    cut = path.rfind("/")
+    while cut > 0:
+        route = route_map.get(path[:cut])
+        if route is not None:
+            return route
+        cut = path.rfind("/", 0, cut)
+    return route_map.get("/")

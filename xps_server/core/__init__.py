@@ -1,0 +1,1 @@
+"""The engine: event loop, core container, pipes and sessions."""

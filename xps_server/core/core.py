@@ -1,0 +1,157 @@
+"""The core: the container that owns the loop, listeners, sessions and the running config.
+
+It wires accepted connections to sessions, applies a new config on reload (binding new
+listeners before letting go of old ones, so a bad reload changes nothing), and runs the
+graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from xps_server.config import Config, ConfigError, load_config
+from xps_server.core.loop import Loop
+from xps_server.core.session import Session
+from xps_server.disk.file import FileCache, serve_file
+from xps_server.http.redirect import serve_redirect
+from xps_server.http.response import Responder
+from xps_server.metrics import Stats
+from xps_server.network.connection import Connection
+from xps_server.network.listener import Listener
+
+log = logging.getLogger("xps.core")
+
+RouteHandler = Callable[..., None]
+
+
+class Core:
+    """Everything one running server holds."""
+
+    def __init__(self, config: Config, loop: Loop | None = None) -> None:
+        self.config = config
+        self.loop = loop or Loop()
+        self.responder = Responder(config.server_name)
+        self.files = FileCache()
+        self.stats = Stats()
+        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.sessions: dict[int, Session] = {}
+        self.draining = False
+        self.route_handlers: dict[str, RouteHandler] = {
+            "file_serve": serve_file,
+            "redirect": serve_redirect,
+        }
+        self._next_session_id = 0
+        self._shutdown_timer = None
+
+    # --- listeners --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
+        self.listeners = self._bind(self.config, {})
+
+    def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
+        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened."""
+        bound: dict[tuple[str, int], Listener] = {}
+        try:
+            for key, servers in config.listeners().items():
+                listener = keep.get(key)
+                if listener is None:
+                    listener = Listener(self.loop, key[0], key[1], self._on_accept)
+                listener.servers = servers
+                bound[key] = listener
+        except OSError:
+            for key, listener in bound.items():
+                if key not in keep:
+                    listener.close()
+            raise
+        return bound
+
+    def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
+        stats = self.stats
+        if len(self.sessions) >= self.config.limits.max_connections or self.draining:
+            stats.conn_error += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stats.conn_accepted += 1
+        stats.conn_current += 1
+        self._next_session_id += 1
+        conn = Connection(self.loop, sock, peer)
+        session = Session(self, listener, conn, self._next_session_id)
+        self.sessions[session.id] = session
+        conn.start(session)
+
+    def session_closed(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            stats = self.stats
+            stats.conn_current -= 1
+            stats.traffic_recv_bytes += session.conn.bytes_in
+            stats.traffic_send_bytes += session.conn.bytes_out
+        if self.draining and not self.sessions:
+            self.loop.stop()
+
+    def request_done(self, session: Session, status: int, body_bytes: int) -> None:
+        """A response is fully queued: account for it."""
+        stats = self.stats
+        stats.req_current -= 1
+        stats.record_response(status, self.loop.now - session.started)
+
+    # --- reload -----------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config file; on any problem keep serving the old one and say why."""
+        path = self.config.path
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            log.error("reload of %s rejected, keeping the running config:\n%s", path, exc)
+            return False
+        try:
+            self.apply(config)
+        except OSError as exc:
+            log.error("reload of %s rejected, cannot bind: %s", path, exc)
+            return False
+        log.info("configuration reloaded from %s", path)
+        return True
+
+    def apply(self, config: Config) -> None:
+        """Switch to `config`: new listeners bound first, then old ones closed."""
+        bound = self._bind(config, self.listeners)
+        for key, listener in self.listeners.items():
+            if key not in bound:
+                listener.close()
+        self.listeners = bound
+        self.config = config
+        self.responder = Responder(config.server_name)
+        self.files.clear()
+
+    # --- shutdown ---------------------------------------------------------------------------
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting, let in-flight responses finish within `grace` seconds, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners = {}
+        for session in list(self.sessions.values()):
+            session.drain()
+        if not self.sessions:
+            self.loop.stop()
+            return
+        self._shutdown_timer = self.loop.call_later(grace, self._force_stop)
+
+    def _force_stop(self) -> None:
+        for session in list(self.sessions.values()):
+            session.conn.close()
+        self.loop.stop()
+
+    def close(self) -> None:
+        """Release every descriptor (after the loop has stopped)."""
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners = {}
+        for session in list(self.sessions.values()):
+            session.conn.close()
+        self.loop.close()

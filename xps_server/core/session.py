@@ -1,0 +1,300 @@
+"""A session per client connection: parses requests, dispatches them to routes, owns timeouts.
+
+The session sits between the client connection (the pipe's sink) and whatever produces the
+response (the file module, a redirect, later an upstream). Pipelined requests are answered in
+order; while the client pipe is over its threshold no further request is taken, and reading
+from the socket pauses, so a client that does not read cannot make the server buffer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from xps_server.config import find_route, find_server
+from xps_server.core.pipe import FileSegment
+from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, ParseError, Request, RequestParser
+from xps_server.http.target import normalize_path
+
+if TYPE_CHECKING:
+    from xps_server.core.core import Core
+    from xps_server.network.connection import Connection
+    from xps_server.network.listener import Listener
+
+
+class Producer(Protocol):
+    """What produces a streamed response (the proxy): takes the request body, fills the pipe."""
+
+    def on_body(self, data: bytes) -> None: ...
+    def on_body_end(self) -> None: ...
+    def body_full(self) -> bool: ...
+    def resume(self) -> None: ...  # the client pipe drained below its threshold
+    def abort(self) -> None: ...  # the client went away: release everything
+
+
+# What the session waits for, which decides the timeout that applies.
+IDLE, HEAD, BODY = 0, 1, 2
+
+
+class Session:
+    """HTTP/1.x over one connection."""
+
+    __slots__ = (
+        "body_done",
+        "close_after",
+        "conn",
+        "core",
+        "id",
+        "listener",
+        "parser",
+        "phase",
+        "processing",
+        "producer",
+        "request",
+        "requests",
+        "started",
+        "timer",
+    )
+
+    def __init__(self, core: Core, listener: Listener, conn: Connection, session_id: int) -> None:
+        self.core = core
+        self.listener = listener
+        self.conn = conn
+        self.id = session_id
+        limits = core.config.limits
+        self.parser = RequestParser(
+            limits.max_uri_bytes, limits.max_header_bytes, limits.max_body_bytes
+        )
+        self.close_after = False
+        self.requests = 0
+        self.request: Request | None = None
+        self.started = 0.0
+        self.phase = HEAD
+        self.producer: Producer | None = None
+        self.processing = False
+        self.body_done = True
+        self.timer = core.loop.timer(self.on_timeout)
+        # A fresh connection must send its head within client_header, as in nginx.
+        self.timer.reset(core.loop.now + core.config.timeouts.client_header)
+
+    # --- connection callbacks ---------------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self.process()
+
+    def on_eof(self) -> None:
+        """The client will send no more: finish what is queued, then close."""
+        self.close_after = True
+        if not self.conn.out.items and self.producer is None:
+            self.conn.close()
+
+    def on_drain(self) -> None:
+        conn = self.conn
+        if self.producer is not None:
+            self.producer.resume()
+            if conn.closed:
+                return
+        if self.close_after and self.producer is None:
+            if not conn.out.items:
+                conn.close()
+            return
+        self.process()
+        if conn.read_paused and not conn.out.full() and not conn.closed:
+            conn.resume_reading()
+
+    def on_close(self) -> None:
+        self.timer.cancel()
+        producer = self.producer
+        if producer is not None:
+            self.producer = None
+            producer.abort()
+        self.core.session_closed(self)
+
+    def on_timeout(self) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        self.core.stats.conn_timeout += 1
+        if not conn.out.items and self.parser.in_message and self.producer is None:
+            self.fail(408)
+        else:
+            conn.close()  # idle keep-alive, a stalled body, or a client too slow to read
+
+    def drain(self) -> None:
+        """Shutdown: finish the response in flight, take no further request."""
+        if self.parser.in_message or self.producer is not None:
+            return  # `handle` sees core.draining and closes after answering this one
+        self.close_after = True
+        if not self.conn.out.items:
+            self.conn.close()
+
+    # --- request processing -----------------------------------------------------------------
+    def process(self) -> None:
+        """Take parsed events while the client pipe (or the producer, for a body) has room."""
+        if self.processing:
+            return  # re-entered from a response that completed synchronously
+        self.processing = True
+        try:
+            self._process()
+        finally:
+            self.processing = False
+
+    def _process(self) -> None:
+        parser = self.parser
+        conn = self.conn
+        out = conn.out
+        while True:
+            producer = self.producer
+            if producer is not None:
+                if self.body_done:
+                    break  # the response is still streaming: the next request waits
+                if producer.body_full():
+                    conn.pause_reading()
+                    break
+            elif self.close_after:
+                break
+            elif out.size >= out.threshold:
+                conn.pause_reading()
+                break
+            try:
+                event = parser.next_event()
+            except ParseError as exc:
+                if producer is not None:
+                    conn.close()  # a broken body mid-stream: nothing sane can follow
+                else:
+                    self.fail(exc.status)
+                return
+            if event is NEED_DATA:
+                break
+            if event is END_OF_MESSAGE:
+                self.phase = IDLE
+                self.body_done = True
+                if producer is not None:
+                    producer.on_body_end()
+            elif type(event) is Request:
+                self.body_done = False
+                self.handle(event)
+            elif producer is not None:
+                producer.on_body(event.data)
+            # Data for local routes: request bodies are read and discarded.
+            if conn.closed:
+                return
+        if self.close_after and self.producer is None:
+            if not out.items:
+                conn.close()
+            return
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        now = self.core.loop.now
+        timeouts = self.core.config.timeouts
+        if self.conn.out.items:
+            self.timer.reset(now + timeouts.send)
+        elif self.producer is not None:
+            if self.body_done:
+                self.timer.cancel()  # the producer's own timers watch the upstream
+            else:
+                self.timer.reset(now + timeouts.client_body)
+        elif self.parser.in_message:
+            if self.phase == BODY:
+                self.timer.reset(now + timeouts.client_body)
+            elif self.phase == IDLE:
+                # client_header bounds the whole head: armed once, never extended.
+                self.phase = HEAD
+                self.timer.reset(now + timeouts.client_header)
+        else:
+            self.phase = IDLE
+            self.timer.reset(now + timeouts.keep_alive)
+
+    # --- streamed responses -------------------------------------------------------------------
+    def stream(self, producer: Producer) -> None:
+        """Hand the rest of this request (body events) and its response to `producer`."""
+        self.producer = producer
+
+    def stream_done(self, status: int, body_bytes: int) -> None:
+        """The producer has queued its whole response; take the next request."""
+        self.producer = None
+        self.finish(status, body_bytes)
+        conn = self.conn
+        if conn.closed:
+            return
+        if self.close_after:
+            if not conn.out.items:
+                conn.close()
+            return
+        self.process()
+        if conn.read_paused and not conn.out.full() and not conn.closed:
+            conn.resume_reading()
+
+    def resume_body(self) -> None:
+        """The producer can take request body again."""
+        self.process()
+        conn = self.conn
+        if conn.read_paused and not conn.closed:
+            conn.resume_reading()
+
+    def handle(self, request: Request) -> None:
+        core = self.core
+        self.requests += 1
+        self.request = request
+        self.started = core.loop.now
+        stats = core.stats
+        stats.req_total += 1
+        stats.req_current += 1
+        if request.content_length > 0 or request.chunked:
+            self.phase = BODY
+        if not request.keep_alive or core.draining:
+            self.close_after = True
+        servers = self.listener.servers
+        server = servers[0] if len(servers) == 1 else find_server(servers, request.host)
+        path = request.path
+        if "%" in path or "/." in path or "//" in path or path[:1] != "/":
+            path = normalize_path(path)
+            if path is None:
+                self.fail(400)
+                return
+        route = find_route(server, path)
+        if route is None:
+            self.error(404, request.method == "HEAD")
+            return
+        stats.req_by_type[route.type] += 1
+        core.route_handlers[route.type](self, request, route, path)
+
+    # --- responding -------------------------------------------------------------------------
+    def keep_alive(self) -> bool:
+        return not self.close_after
+
+    def respond(self, status: int, data: bytes, body_bytes: int) -> None:
+        """Queue a whole response (`data`: head and body) and account for it."""
+        self.conn.send(data)
+        self.finish(status, body_bytes)
+
+    def respond_file(self, status: int, head: bytes, segment: FileSegment) -> None:
+        """Queue a head and a file segment that follows it with sendfile."""
+        self.conn.send_file(head, segment)
+        self.finish(status, segment.count)
+
+    def error(self, status: int, head_only: bool = False, extra: bytes = b"") -> None:
+        """Answer a canned page, keeping the connection if the request allowed it."""
+        data = self.core.responder.error(status, not self.close_after, extra, head_only)
+        self.conn.send(data)
+        self.finish(status, 0 if head_only else len(self.core.responder.page(status)[1]))
+
+    def fail(self, status: int) -> None:
+        """A protocol error: answer `status`, then close once it is out; read nothing more."""
+        self.close_after = True
+        conn = self.conn
+        conn.pause_reading()
+        if self.request is None:
+            # No request head came through, yet it is answered and counted like one (as nginx).
+            self.started = self.core.loop.now
+            self.core.stats.req_total += 1
+            self.core.stats.req_current += 1
+        self.error(status)
+        if not conn.out.items:
+            conn.close()
+        else:
+            self.timer.reset(self.core.loop.now + self.core.config.timeouts.send)
+
+    def finish(self, status: int, body_bytes: int) -> None:
+        self.core.request_done(self, status, body_bytes)
+        self.request = None

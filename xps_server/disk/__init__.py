@@ -1,0 +1,1 @@
+"""Disk: the file module and directory listings."""

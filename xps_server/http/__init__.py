@@ -1,0 +1,1 @@
+"""HTTP/1.x protocol pieces: request parsing, targets, responses, MIME types."""

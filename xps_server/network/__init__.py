@@ -1,0 +1,1 @@
+"""Sockets: listeners and client connections (upstreams arrive with the proxy)."""

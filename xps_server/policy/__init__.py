@@ -1,0 +1,1 @@
+"""Access policy: IP access lists and the runtime block list."""
