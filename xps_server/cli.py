@@ -12,6 +12,7 @@ import signal
 import sys
 
 from xps_server.config import ConfigError, load_config
+from xps_server.control import CommandAPI, ControlServer
 from xps_server.core.core import Core
 
 log = logging.getLogger("xps.cli")
@@ -56,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     core = Core(config)
     try:
         core.start()
+        control = (
+            ControlServer(core, CommandAPI(core), config.control_socket)
+            if config.control_socket
+            else None
+        )
     except OSError as exc:
+        core.close()
         print(f"xps-server: cannot listen: {exc}", file=sys.stderr)
         return 1
     loop = core.loop
@@ -72,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_reload)
     for key in core.listeners:
         log.info("listening on %s:%d", *key)
+    if control is not None:
+        log.info("control socket on %s", config.control_socket)
     try:
         loop.run()
     finally:
+        if control is not None:
+            control.close()
         core.close()
     log.info("stopped")
     return 0

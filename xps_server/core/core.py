@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from xps_server.config import Config, ConfigError, load_config
 from xps_server.core.loop import Loop
 from xps_server.core.session import Session
 from xps_server.disk.file import FileCache, serve_file
+from xps_server.events import (
+    ConfigReloaded,
+    ConnectionClosed,
+    ConnectionOpened,
+    EventBus,
+    RequestFinished,
+)
 from xps_server.http.redirect import serve_redirect
 from xps_server.http.response import Responder
 from xps_server.metrics import Stats
@@ -26,6 +34,11 @@ log = logging.getLogger("xps.core")
 RouteHandler = Callable[..., None]
 
 
+def route_key(server_index: int, req_path: str) -> str:
+    """How operators name a route: its req_path, prefixed by the server index past the first."""
+    return req_path if server_index == 0 else f"{server_index}:{req_path}"
+
+
 class Core:
     """Everything one running server holds."""
 
@@ -35,6 +48,7 @@ class Core:
         self.responder = Responder(config.server_name)
         self.files = FileCache()
         self.stats = Stats()
+        self.bus = EventBus()
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.sessions: dict[int, Session] = {}
         self.draining = False
@@ -82,13 +96,32 @@ class Core:
         session = Session(self, listener, conn, self._next_session_id)
         self.sessions[session.id] = session
         conn.start(session)
+        if self.bus.active:
+            self.bus.publish(
+                ConnectionOpened(
+                    time.time(), session.id, peer[0], peer[1], f"{listener.host}:{listener.port}"
+                )
+            )
 
     def session_closed(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None:
             stats = self.stats
             stats.conn_current -= 1
-            stats.traffic_recv_bytes += session.conn.bytes_in
-            stats.traffic_send_bytes += session.conn.bytes_out
+            conn = session.conn
+            stats.traffic_recv_bytes += conn.bytes_in
+            stats.traffic_send_bytes += conn.bytes_out
+            if self.bus.active:
+                self.bus.publish(
+                    ConnectionClosed(
+                        time.time(),
+                        session.id,
+                        conn.peer_ip,
+                        conn.bytes_in,
+                        conn.bytes_out,
+                        session.requests,
+                        round((self.loop.now - session.opened) * 1000, 3),
+                    )
+                )
         if self.draining and not self.sessions:
             self.loop.stop()
 
@@ -96,24 +129,62 @@ class Core:
         """A response is fully queued: account for it."""
         stats = self.stats
         stats.req_current -= 1
-        stats.record_response(status, self.loop.now - session.started)
+        elapsed = self.loop.now - session.started
+        stats.record_response(status, elapsed)
+        if self.bus.active:
+            request = session.request
+            self.bus.publish(
+                RequestFinished(
+                    time.time(),
+                    session.id,
+                    session.conn.peer_ip,
+                    request.method if request is not None else "-",
+                    request.target if request is not None else "-",
+                    session.route,
+                    status,
+                    body_bytes,
+                    round(elapsed * 1000, 3),
+                )
+            )
+
+    # --- operator views -----------------------------------------------------------------------
+    def routes_snapshot(self) -> list[dict]:
+        """Every route of every server, with what the console shows and toggles."""
+        rows = []
+        for index, server in enumerate(self.config.servers):
+            for route in server.routes:
+                rows.append(
+                    {
+                        "key": route_key(index, route.req_path),
+                        "server": index,
+                        "hostnames": list(server.hostnames),
+                        "req_path": route.req_path,
+                        "type": route.type,
+                        "gzip": route.gzip_enable,
+                        "ip_whitelist": list(route.ip_whitelist),
+                        "ip_blacklist": list(route.ip_blacklist),
+                        "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
+                    }
+                )
+        return rows
 
     # --- reload -----------------------------------------------------------------------------
-    def reload(self) -> bool:
+    def reload(self) -> tuple[bool, str]:
         """Re-read the config file; on any problem keep serving the old one and say why."""
         path = self.config.path
         try:
             config = load_config(path)
-        except ConfigError as exc:
-            log.error("reload of %s rejected, keeping the running config:\n%s", path, exc)
-            return False
-        try:
             self.apply(config)
+        except ConfigError as exc:
+            ok, message = False, f"reload of {path} rejected, keeping the running config:\n{exc}"
         except OSError as exc:
-            log.error("reload of %s rejected, cannot bind: %s", path, exc)
-            return False
-        log.info("configuration reloaded from %s", path)
-        return True
+            ok, message = False, f"reload of {path} rejected, cannot bind: {exc}"
+        else:
+            ok, message = True, f"configuration reloaded from {path}"
+        log.log(logging.INFO if ok else logging.ERROR, "%s", message)
+        if self.bus.active:
+            self.bus.publish(ConfigReloaded(time.time(), ok, message))
+        return ok, message
 
     def apply(self, config: Config) -> None:
         """Switch to `config`: new listeners bound first, then old ones closed."""

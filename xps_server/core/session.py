@@ -8,10 +8,12 @@ from the socket pauses, so a client that does not read cannot make the server bu
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from xps_server.config import find_route, find_server
 from xps_server.core.pipe import FileSegment
+from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, ParseError, Request, RequestParser
 from xps_server.http.target import normalize_path
 
@@ -45,12 +47,14 @@ class Session:
         "core",
         "id",
         "listener",
+        "opened",
         "parser",
         "phase",
         "processing",
         "producer",
         "request",
         "requests",
+        "route",
         "started",
         "timer",
     )
@@ -66,6 +70,8 @@ class Session:
         )
         self.close_after = False
         self.requests = 0
+        self.opened = core.loop.now
+        self.route = ""  # req_path of the route that took the latest request
         self.request: Request | None = None
         self.started = 0.0
         self.phase = HEAD
@@ -113,8 +119,17 @@ class Session:
         conn = self.conn
         if conn.closed:
             return
-        self.core.stats.conn_timeout += 1
-        if not conn.out.items and self.parser.in_message and self.producer is None:
+        core = self.core
+        core.stats.conn_timeout += 1
+        if conn.out.items:
+            phase = "send"
+        elif self.parser.in_message and self.phase != IDLE:
+            phase = "body" if self.phase == BODY else "header"
+        else:
+            phase = "keep_alive"
+        if core.bus.active:
+            core.bus.publish(Timeout(time.time(), self.id, conn.peer_ip, phase))
+        if phase == "header" and self.producer is None:
             self.fail(408)
         else:
             conn.close()  # idle keep-alive, a stalled body, or a client too slow to read
@@ -257,6 +272,7 @@ class Session:
             self.error(404, request.method == "HEAD")
             return
         stats.req_by_type[route.type] += 1
+        self.route = route.req_path
         core.route_handlers[route.type](self, request, route, path)
 
     # --- responding -------------------------------------------------------------------------

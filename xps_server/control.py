@@ -1,0 +1,384 @@
+"""Operator commands and the control socket.
+
+Every operator action is a named command executed on the loop thread, between events, with a
+JSON-able result: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The
+embedded console submits commands from its own thread (`CommandAPI.submit`, which crosses over
+through the loop's wake-up fd); headless, `ControlServer` speaks the same commands as JSON lines
+on a Unix socket (mode 0600) and streams events to subscribers. One API, two transports.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from xps_server.core.loop import EPOLLET, EPOLLIN
+from xps_server.events import OperatorAction, Subscription
+from xps_server.network.connection import Connection
+
+if TYPE_CHECKING:
+    from xps_server.core.core import Core
+    from xps_server.core.session import Session
+
+log = logging.getLogger("xps.control")
+
+MAX_LINE = 1 << 20  # a command line longer than this is malformed
+EVENT_FLUSH_INTERVAL = 0.05  # control-socket subscribers get events in batches, 20 per second
+SUBSCRIBER_QUEUE = 20_000
+SESSION_ROWS = 200  # a snapshot lists at most this many sessions unless asked otherwise
+
+
+class CommandError(Exception):
+    """A command that cannot be applied; its message goes back to the operator."""
+
+
+# --- arguments ------------------------------------------------------------------------------
+def _arg(args: dict, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in args or args[name] is None:
+        if default is ...:
+            raise CommandError(f"missing argument '{name}'")
+        return default
+    value = args[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false must not pass for numbers (bool is an int subclass in Python).
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CommandError(f"argument '{name}' has the wrong type")
+    return value
+
+
+# --- snapshots ------------------------------------------------------------------------------
+def session_state(session: Session) -> str:
+    if session.producer is not None:
+        return "proxying"
+    if session.conn.out.items:
+        return "writing"
+    if session.parser.in_message:
+        return "reading"
+    return "idle"
+
+
+def session_row(session: Session, now: float) -> dict:
+    conn = session.conn
+    request = session.request
+    return {
+        "id": session.id,
+        "client": f"{conn.peer_ip}:{conn.peer_port}",
+        "ip": conn.peer_ip,
+        "route": session.route,
+        "state": session_state(session),
+        "request": f"{request.method} {request.target}" if request is not None else "",
+        "requests": session.requests,
+        "bytes_in": conn.bytes_in,
+        "bytes_out": conn.bytes_out,
+        "age": round(now - session.opened, 3),
+    }
+
+
+_SORT_KEYS: dict[str, Callable[[Session], Any]] = {
+    "age": lambda s: s.opened,  # oldest first
+    "bytes": lambda s: -(s.conn.bytes_in + s.conn.bytes_out),
+    "id": lambda s: s.id,
+}
+
+
+class CommandAPI:
+    """The named operator commands over one core; `execute` runs on the loop thread."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.commands: dict[str, Callable[[dict], Any]] = {
+            "ping": lambda args: "pong",
+            "snapshot": self.snapshot,
+            "block": self.block,
+            "unblock": self.unblock,
+            "gzip": self.gzip,
+            "kill": self.kill,
+            "drain": self.drain,
+            "enable": self.enable,
+            "reload": self.reload,
+        }
+        # Commands that change the server are announced as operator_action events.
+        self.mutating = frozenset(("block", "unblock", "gzip", "kill", "drain", "enable", "reload"))
+
+    # --- dispatch -------------------------------------------------------------------------
+    def execute(self, message: Any) -> dict:
+        """Apply one command message `{"cmd": name, "args": {...}}`; never raises."""
+        if not isinstance(message, dict):
+            return {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
+        name = message.get("cmd")
+        args = message.get("args", {})
+        if args is None:
+            args = {}
+        handler = self.commands.get(name) if isinstance(name, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {name!r}"}
+        if not isinstance(args, dict):
+            return {"ok": False, "error": "'args' must be a JSON object"}
+        try:
+            result = handler(args)
+            reply = {"ok": True, "result": result}
+        except CommandError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("command %s failed", name)
+            reply = {"ok": False, "error": f"internal error: {exc}"}
+        if name in self.mutating:
+            bus = self.core.bus
+            if bus.active:
+                summary = reply.get("error") or _summary(reply.get("result"))
+                bus.publish(OperatorAction(time.time(), name, dict(args), reply["ok"], summary))
+        return reply
+
+    def submit(self, message: Any) -> concurrent.futures.Future:
+        """From any thread: run the command on the loop thread; the future gets the reply."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                future.set_result(self.execute(message))
+
+        self.core.loop.call_soon_threadsafe(run)
+        return future
+
+    # --- commands -------------------------------------------------------------------------
+    def snapshot(self, args: dict) -> dict:
+        core = self.core
+        limit = _arg(args, "limit", int, SESSION_ROWS)
+        sort = _arg(args, "sort", str, "age")
+        key = _SORT_KEYS.get(sort)
+        if key is None:
+            raise CommandError(f"sort must be one of {', '.join(_SORT_KEYS)}")
+        now = core.loop.now
+        sessions = heapq.nsmallest(max(0, limit), core.sessions.values(), key=key)
+        return {
+            "server_name": core.config.server_name,
+            "pid": os.getpid(),
+            "config": core.config.path,
+            "time": time.time(),
+            "sessions": {
+                "total": len(core.sessions),
+                "rows": [session_row(s, now) for s in sessions],
+            },
+            "routes": core.routes_snapshot(),
+            "upstreams": core.upstreams_snapshot(),
+            "acl": core.acl_snapshot(),
+            "metrics": core.metrics_snapshot(),
+            "events": {"published": core.bus.published, "dropped": core.bus.dropped},
+        }
+
+    def block(self, args: dict) -> Any:
+        return self._policy(
+            lambda: self.core.block(
+                _arg(args, "cidr", str),
+                route=_arg(args, "route", str, None),
+                seconds=_arg(args, "seconds", (int, float), None),
+            )
+        )
+
+    def unblock(self, args: dict) -> Any:
+        return self._policy(
+            lambda: self.core.unblock(_arg(args, "cidr", str), route=_arg(args, "route", str, None))
+        )
+
+    def gzip(self, args: dict) -> Any:
+        return self._policy(
+            lambda: self.core.set_gzip(_arg(args, "route", str), _arg(args, "enabled", bool, None))
+        )
+
+    def kill(self, args: dict) -> dict:
+        session_id = _arg(args, "session", int)
+        session = self.core.sessions.get(session_id)
+        if session is None:
+            raise CommandError(f"no session {session_id}")
+        row = session_row(session, self.core.loop.now)
+        session.conn.close()
+        return {"killed": row}
+
+    def drain(self, args: dict) -> Any:
+        return self._policy(lambda: self.core.drain_upstream(_arg(args, "upstream", str)))
+
+    def enable(self, args: dict) -> Any:
+        return self._policy(lambda: self.core.enable_upstream(_arg(args, "upstream", str)))
+
+    def reload(self, args: dict) -> dict:
+        ok, message = self.core.reload()
+        if not ok:
+            raise CommandError(message)
+        return {"reloaded": self.core.config.path}
+
+    @staticmethod
+    def _policy(action: Callable[[], Any]) -> Any:
+        """Run a core policy function; its ValueError/KeyError is the operator's mistake."""
+        try:
+            return action()
+        except (ValueError, KeyError) as exc:
+            raise CommandError(str(exc).strip("'\"")) from None
+
+
+def _summary(result: Any) -> str:
+    text = json.dumps(result, default=str) if result is not None else ""
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- the control socket ---------------------------------------------------------------------
+class ControlClient:
+    """One control-socket peer: JSON lines in, replies and (once subscribed) events out."""
+
+    def __init__(self, server: ControlServer, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+        self.buffer = bytearray()
+        self.subscription: Subscription | None = None
+        self.reported_drops = 0
+
+    def on_data(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_LINE:
+                    self.reply({"ok": False, "error": "line too long"})
+                    self.conn.close()
+                return
+            line = bytes(buffer[:end]).strip()
+            del buffer[: end + 1]
+            if line:
+                self.handle_line(line)
+            if self.conn.closed:
+                return
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            self.reply({"ok": False, "error": f"malformed JSON: {exc}"})
+            return
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(message, dict) and message.get("cmd") in ("subscribe", "unsubscribe"):
+            reply = self.set_subscribed(message["cmd"] == "subscribe")
+        else:
+            reply = self.server.api.execute(message)
+        if request_id is not None:
+            reply = {"id": request_id, **reply}
+        self.reply(reply)
+
+    def set_subscribed(self, on: bool) -> dict:
+        if on and self.subscription is None:
+            self.subscription = self.server.core.bus.subscribe(SUBSCRIBER_QUEUE)
+        elif not on and self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+        return {"ok": True, "result": {"subscribed": on}}
+
+    def reply(self, message: dict) -> None:
+        self.conn.send(json.dumps(message, default=str).encode() + b"\n")
+
+    def flush_events(self) -> None:
+        sub = self.subscription
+        conn = self.conn
+        if sub is None or conn.closed or conn.out.full():
+            return  # a slow reader: events wait in its bounded queue, oldest dropped
+        events = sub.take(2000)
+        lines = [json.dumps({"event": e.to_dict()}, default=str) for e in events]
+        if sub.dropped != self.reported_drops:
+            self.reported_drops = sub.dropped
+            lines.append(json.dumps({"dropped": sub.dropped}))
+        if lines:
+            conn.send(("\n".join(lines) + "\n").encode())
+
+    def on_eof(self) -> None:
+        self.conn.close()
+
+    def on_drain(self) -> None:
+        pass
+
+    def on_close(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+        self.server.clients.discard(self)
+
+
+class ControlServer:
+    """The Unix control socket of a running core."""
+
+    def __init__(self, core: Core, api: CommandAPI, path: str) -> None:
+        self.core = core
+        self.api = api
+        self.path = path
+        self.clients: set[ControlClient] = set()
+        _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        sock.setblocking(False)
+        self.sock = sock
+        core.loop.add(sock.fileno(), EPOLLIN | EPOLLET, self.on_accept)
+        self.timer = core.loop.timer(self.flush)
+        self.timer.reset(core.loop.now + EVENT_FLUSH_INTERVAL)
+
+    def on_accept(self, _mask: int) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            sock.setblocking(False)
+            conn = Connection(self.core.loop, sock, ("unix", 0))
+            client = ControlClient(self, conn)
+            self.clients.add(client)
+            conn.start(client)
+
+    def flush(self) -> None:
+        for client in list(self.clients):
+            client.flush_events()
+        self.timer.reset(self.core.loop.now + EVENT_FLUSH_INTERVAL)
+
+    def close(self) -> None:
+        self.timer.cancel()
+        for client in list(self.clients):
+            client.conn.close()
+        self.core.loop.remove(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a crashed server is removed; anything else there is an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another server is listening on {path}")
