@@ -324,3 +324,17 @@ def test_slow_reader_holds_the_file_not_memory(server):
     assert in_memory < 64 * 1024
     assert paused
     sock.close()
+
+
+def test_a_failing_route_handler_costs_one_request_not_the_server(server):
+    def broken(session, request, route, path):
+        raise RuntimeError("bug")
+
+    original = server.core.route_handlers["redirect"]
+    server.call(lambda: server.core.route_handlers.__setitem__("redirect", broken))
+    raw = raw_exchange(server.port, b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(raw) == 500
+    server.call(lambda: server.core.route_handlers.__setitem__("redirect", original))
+    c = Client(server.port)
+    assert c.request("GET", "/old").status == 302
+    c.close()

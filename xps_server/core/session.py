@@ -8,6 +8,7 @@ from the socket pauses, so a client that does not read cannot make the server bu
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from xps_server.core.core import Core
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+
+log = logging.getLogger("xps.session")
 
 
 class Producer(Protocol):
@@ -273,7 +276,14 @@ class Session:
             return
         stats.req_by_type[route.type] += 1
         self.route = route.req_path
-        core.route_handlers[route.type](self, request, route, path)
+        try:
+            core.route_handlers[route.type](self, request, route, path)
+        except Exception:
+            # A bug in a route handler costs this request, never the server.
+            log.exception("%s %s failed", request.method, request.target)
+            if not self.conn.closed:
+                self.producer = None
+                self.fail(500)
 
     # --- responding -------------------------------------------------------------------------
     def keep_alive(self) -> bool:
