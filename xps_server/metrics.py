@@ -1,9 +1,24 @@
-"""Counters and timings kept by the loop thread: plain attribute increments, no locks."""
+"""Counters and timings kept by the loop thread, and the `metrics` route that reports them.
+
+Counters are plain attribute increments on the loop thread, no locks. `snapshot` names them as
+SPEC §3's metrics JSON does (plus extras: ACL denials, blocked connections, gzip and access
+log figures); traffic includes the bytes of connections still open, summed at snapshot time.
+`prometheus` renders the same figures in the Prometheus text exposition format 0.0.4.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from xps_server.config import Route
+    from xps_server.core.core import Core
+    from xps_server.core.session import Session
+    from xps_server.http.parser import Request
 
 ROUTE_TYPES = ("file_serve", "reverse_proxy", "redirect", "metrics")
 
@@ -12,10 +27,13 @@ class Stats:
     """Server-wide counters; `snapshot` names them as SPEC §3's metrics JSON does."""
 
     __slots__ = (
+        "acl_denied",
         "conn_accepted",
+        "conn_blocked",
         "conn_current",
         "conn_error",
         "conn_timeout",
+        "gzip_responses",
         "pid",
         "req_by_type",
         "req_current",
@@ -43,9 +61,222 @@ class Stats:
         self.res_time_peak = 0.0
         self.traffic_recv_bytes = 0
         self.traffic_send_bytes = 0
+        self.acl_denied = 0  # requests answered 403 by a route's ACL or runtime block
+        self.conn_blocked = 0  # connections refused at accept by the global block list
+        self.gzip_responses = 0
 
     def record_response(self, status: int, elapsed: float) -> None:
         self.res_by_class[status // 100 if 100 <= status < 600 else 5] += 1
         self.res_time_total += elapsed
         if elapsed > self.res_time_peak:
             self.res_time_peak = elapsed
+
+
+# --- snapshot -------------------------------------------------------------------------------
+def snapshot(core: Core) -> dict[str, Any]:
+    """The metrics JSON of SPEC §3, plus extras, as of now."""
+    stats = core.stats
+    sent = stats.traffic_send_bytes
+    received = stats.traffic_recv_bytes
+    for session in core.sessions.values():
+        conn = session.conn
+        sent += conn.bytes_out
+        received += conn.bytes_in
+    by_class = stats.res_by_class
+    responses = sum(by_class)
+    by_type = stats.req_by_type
+    data: dict[str, Any] = {
+        "server_name": core.config.server_name,
+        "pid": stats.pid,
+        "workers": core.config.workers,
+        "uptime_msec": int((time.monotonic() - stats.started) * 1000),
+        "conn_current": stats.conn_current,
+        "conn_accepted": stats.conn_accepted,
+        "conn_error": stats.conn_error,
+        "conn_timeout": stats.conn_timeout,
+        "req_current": stats.req_current,
+        "req_total": stats.req_total,
+        "req_file_serve": by_type.get("file_serve", 0),
+        "req_reverse_proxy": by_type.get("reverse_proxy", 0),
+        "req_redirect": by_type.get("redirect", 0),
+        "req_metrics": by_type.get("metrics", 0),
+        "res_avg_res_time_msec": round(stats.res_time_total / responses * 1000, 3)
+        if responses
+        else 0.0,
+        "res_peak_res_time_msec": round(stats.res_time_peak * 1000, 3),
+        "res_time_total_msec": round(stats.res_time_total * 1000, 3),
+        "res_total": responses,
+        "res_code_2xx": by_class[2],
+        "res_code_3xx": by_class[3],
+        "res_code_4xx": by_class[4],
+        "res_code_5xx": by_class[5],
+        "traffic_total_send_bytes": sent,
+        "traffic_total_recv_bytes": received,
+        "acl_denied": stats.acl_denied,
+        "conn_blocked": stats.conn_blocked,
+        "blocks_active": len(core.runtime.blocklist.entries),
+        "gzip_responses": stats.gzip_responses,
+    }
+    data.update(core.gzip_cache.stats())
+    access_log = core.access_log
+    if access_log is not None:
+        data.update(access_log.stats())
+    return data
+
+
+# --- Prometheus text format 0.0.4 -----------------------------------------------------------
+# (snapshot key, metric name, type, help, scale); the scale turns milliseconds into seconds.
+_PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
+    ("uptime_msec", "xps_uptime_seconds", "gauge", "Seconds since the server started.", 1e-3),
+    ("workers", "xps_workers", "gauge", "Configured worker processes.", 1),
+    ("conn_current", "xps_connections_current", "gauge", "Open client connections.", 1),
+    ("conn_accepted", "xps_connections_accepted_total", "counter", "Connections accepted.", 1),
+    (
+        "conn_error",
+        "xps_connection_errors_total",
+        "counter",
+        "Connections refused (limits, shutdown).",
+        1,
+    ),
+    ("conn_timeout", "xps_connection_timeouts_total", "counter", "Connections timed out.", 1),
+    (
+        "conn_blocked",
+        "xps_connections_blocked_total",
+        "counter",
+        "Connections refused at accept by the global block list.",
+        1,
+    ),
+    ("req_current", "xps_requests_current", "gauge", "Requests in progress.", 1),
+    ("req_total", "xps_requests_total", "counter", "Requests received.", 1),
+    (
+        "res_avg_res_time_msec",
+        "xps_response_time_avg_seconds",
+        "gauge",
+        "Mean time from request head to response queued.",
+        1e-3,
+    ),
+    (
+        "res_peak_res_time_msec",
+        "xps_response_time_peak_seconds",
+        "gauge",
+        "Longest time from request head to response queued.",
+        1e-3,
+    ),
+    ("traffic_total_send_bytes", "xps_sent_bytes_total", "counter", "Bytes sent to clients.", 1),
+    (
+        "traffic_total_recv_bytes",
+        "xps_received_bytes_total",
+        "counter",
+        "Bytes received from clients.",
+        1,
+    ),
+    ("acl_denied", "xps_acl_denied_total", "counter", "Requests denied (403) by an ACL.", 1),
+    ("blocks_active", "xps_blocks_active", "gauge", "Entries in the runtime block list.", 1),
+    ("gzip_responses", "xps_gzip_responses_total", "counter", "Responses sent gzip'ed.", 1),
+    ("gzip_cache_hits", "xps_gzip_cache_hits_total", "counter", "gzip cache hits.", 1),
+    ("gzip_cache_misses", "xps_gzip_cache_misses_total", "counter", "gzip cache misses.", 1),
+    (
+        "gzip_cache_evictions",
+        "xps_gzip_cache_evictions_total",
+        "counter",
+        "gzip cache evictions.",
+        1,
+    ),
+    ("gzip_cache_entries", "xps_gzip_cache_entries", "gauge", "Files in the gzip cache.", 1),
+    ("gzip_cache_bytes", "xps_gzip_cache_bytes", "gauge", "Bytes in the gzip cache.", 1),
+    ("access_log_lines", "xps_access_log_lines_total", "counter", "Access log lines.", 1),
+    (
+        "access_log_dropped",
+        "xps_access_log_dropped_total",
+        "counter",
+        "Access log lines lost (writer behind or failing).",
+        1,
+    ),
+)
+_LABELLED: tuple[tuple[str, str, str, str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "xps_requests_by_type_total",
+        "counter",
+        "Requests by route type.",
+        "type",
+        tuple((f"req_{kind}", kind) for kind in ROUTE_TYPES),
+    ),
+    (
+        "xps_responses_total",
+        "counter",
+        "Responses by status class.",
+        "code",
+        tuple((f"res_code_{n}xx", f"{n}xx") for n in range(2, 6)),
+    ),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def prometheus(data: dict[str, Any]) -> str:
+    """`snapshot`'s figures as Prometheus text exposition (version 0.0.4)."""
+    lines = [
+        "# HELP xps_info Server identity (always 1).",
+        "# TYPE xps_info gauge",
+        f'xps_info{{server_name="{_label(str(data["server_name"]))}",pid="{data["pid"]}"}} 1',
+    ]
+    for key, name, kind, text, scale in _PROMETHEUS:
+        if key not in data:
+            continue
+        value = data[key] if scale == 1 else data[key] * scale
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
+    for name, kind, text, label, series in _LABELLED:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{{label}="{value}"}} {data.get(key, 0)}' for key, value in series]
+    lines += [
+        "# HELP xps_response_time_seconds Time from request head to response queued.",
+        "# TYPE xps_response_time_seconds summary",
+        f"xps_response_time_seconds_sum {_number(data['res_time_total_msec'] / 1000)}",
+        f"xps_response_time_seconds_count {data['res_total']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the route ------------------------------------------------------------------------------
+_ALLOW = b"Allow: GET, HEAD\r\n"
+
+
+def wants_prometheus(request: Request) -> bool:
+    """`?format=prometheus`, or an Accept header asking for text (as Prometheus does)."""
+    if request.query:
+        for name, value in parse_qsl(request.query):
+            if name == "format":
+                return value.lower() in ("prometheus", "text")
+    accept = request.headers.get("accept", "").lower()
+    return ("text/plain" in accept or "openmetrics" in accept) and "application/json" not in accept
+
+
+def serve_metrics(session: Session, request: Request, route: Route, path: str) -> None:
+    """`type: metrics`: the snapshot as JSON, or Prometheus text when asked."""
+    method = request.method
+    if method != "GET" and method != "HEAD":
+        session.error(405, extra=_ALLOW)
+        return
+    data = snapshot(session.core)
+    if wants_prometheus(request):
+        body = prometheus(data).encode()
+        kind = b"text/plain"
+    else:
+        body = json.dumps(data, indent=1).encode() + b"\n"
+        kind = b"application/json"
+    fields = b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n" % (
+        kind,
+        len(body),
+    )
+    if method == "HEAD":
+        body = b""
+    responder = session.core.responder
+    session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))

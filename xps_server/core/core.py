@@ -12,22 +12,28 @@ import socket
 import time
 from collections.abc import Callable
 
-from xps_server.config import Config, ConfigError, load_config
+from xps_server.accesslog import AccessLog
+from xps_server.config import Config, ConfigError, Route, load_config
 from xps_server.core.loop import Loop
+from xps_server.core.runtime import Runtime
 from xps_server.core.session import Session
 from xps_server.disk.file import FileCache, serve_file
+from xps_server.disk.gzip import GzipCache
 from xps_server.events import (
+    AclDenied,
     ConfigReloaded,
     ConnectionClosed,
     ConnectionOpened,
     EventBus,
     RequestFinished,
 )
+from xps_server.http.proxy import serve_proxy
 from xps_server.http.redirect import serve_redirect
 from xps_server.http.response import Responder
-from xps_server.metrics import Stats
+from xps_server.metrics import Stats, serve_metrics, snapshot
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
+from xps_server.network.upstream import UpstreamRegistry
 
 log = logging.getLogger("xps.core")
 
@@ -48,16 +54,26 @@ class Core:
         self.responder = Responder(config.server_name)
         self.files = FileCache()
         self.stats = Stats()
+        self.gzip_cache = GzipCache()
         self.bus = EventBus()
+        # Upstream health, pools and balancers, by "host:port"; shared by routes naming it.
+        self.upstreams = UpstreamRegistry(self.loop, self.bus)
+        self.upstreams.configure(config)
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.sessions: dict[int, Session] = {}
         self.draining = False
         self.route_handlers: dict[str, RouteHandler] = {
             "file_serve": serve_file,
             "redirect": serve_redirect,
+            "reverse_proxy": serve_proxy,
+            "metrics": serve_metrics,
         }
         self._next_session_id = 0
         self._shutdown_timer = None
+        self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
+        # Operator changes (blocks, gzip toggles) from the state file, applied over the config.
+        self.runtime = Runtime(self)
+        self.runtime.attach(config)
 
     # --- listeners --------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +99,11 @@ class Core:
 
     def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
         stats = self.stats
+        blocked = self.runtime.blocklist.global_set
+        if blocked is not None and blocked.contains_ip(peer[0]):
+            stats.conn_blocked += 1
+            sock.close()  # refused before a byte is read: the client sees only the close
+            return
         if len(self.sessions) >= self.config.limits.max_connections or self.draining:
             stats.conn_error += 1
             sock.close()
@@ -131,6 +152,9 @@ class Core:
         stats.req_current -= 1
         elapsed = self.loop.now - session.started
         stats.record_response(status, elapsed)
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.log(session, status, body_bytes)
         if self.bus.active:
             request = session.request
             self.bus.publish(
@@ -146,6 +170,16 @@ class Core:
                     round(elapsed * 1000, 3),
                 )
             )
+
+    def deny(self, session: Session, route: Route, path: str) -> None:
+        """403 for a client the route's ACL or a runtime block refuses."""
+        self.stats.acl_denied += 1
+        ip = session.conn.peer_ip
+        if self.bus.active:
+            reason = route.access.reason(ip)  # type: ignore[union-attr]
+            self.bus.publish(AclDenied(time.time(), ip, route.req_path, path, reason))
+        request = session.request
+        session.error(403, request is not None and request.method == "HEAD")
 
     # --- operator views -----------------------------------------------------------------------
     def routes_snapshot(self) -> list[dict]:
@@ -167,6 +201,43 @@ class Core:
                     }
                 )
         return rows
+
+    def upstreams_snapshot(self) -> list[dict]:
+        """Every upstream address: state (up, down, draining), requests in flight, counters."""
+        return self.upstreams.snapshot()
+
+    def drain_upstream(self, addr: str) -> dict:
+        """Take `host:port` out of rotation; requests in flight finish. KeyError if unknown."""
+        return self.upstreams.drain(addr)
+
+    def enable_upstream(self, addr: str) -> dict:
+        """Put `host:port` back in rotation (undoes a drain or a passive-health down)."""
+        return self.upstreams.enable(addr)
+
+    def acl_snapshot(self) -> dict:
+        """The runtime block list and each route's config lists."""
+        return {"blocks": self.runtime.blocks(), "routes": self.runtime.acl_routes()}
+
+    def metrics_snapshot(self) -> dict:
+        """What a `metrics` route answers (SPEC §3), as a dict."""
+        return snapshot(self)
+
+    # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
+    def block(self, cidr: str, route: str | None = None, seconds: float | None = None) -> dict:
+        """Block an address or CIDR globally (refused at accept, its open connections closed)
+        or on one route (403 there), for `seconds` or until unblocked; kept in state_file."""
+        return self.runtime.block(cidr, route, seconds)
+
+    def unblock(self, cidr: str, route: str | None = None) -> dict:
+        return self.runtime.unblock(cidr, route)
+
+    def blocks(self) -> list[dict]:
+        return self.runtime.blocks()
+
+    def set_gzip(self, route: str, enabled: bool | None) -> dict:
+        """Turn gzip on or off for a route (named as `route_key` does); None reverts to the
+        config file's setting. Kept in state_file."""
+        return self.runtime.set_gzip(route, enabled)
 
     # --- reload -----------------------------------------------------------------------------
     def reload(self) -> tuple[bool, str]:
@@ -196,6 +267,13 @@ class Core:
         self.config = config
         self.responder = Responder(config.server_name)
         self.files.clear()
+        self.upstreams.configure(config)
+        self.runtime.attach(config)
+        old_log = self.access_log
+        if config.access_log != (old_log.path if old_log is not None else None):
+            if old_log is not None:
+                old_log.close(wait=False)
+            self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
 
     # --- shutdown ---------------------------------------------------------------------------
     def shutdown(self, grace: float) -> None:
@@ -225,4 +303,7 @@ class Core:
         self.listeners = {}
         for session in list(self.sessions.values()):
             session.conn.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        self.upstreams.close()
         self.loop.close()

@@ -120,6 +120,10 @@ class Loop:
             return -1
         return max(0.0, heap[0][0] - time.monotonic())
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the next turn of the loop (loop thread only): a way to yield."""
+        self._posted.append(callback)
+
     # --- cross-thread hand-off --------------------------------------------------------------
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the loop thread soon; safe from any thread or a signal handler."""

@@ -116,6 +116,7 @@ class Session:
         if producer is not None:
             self.producer = None
             producer.abort()
+            self.finish(499, 0)  # nginx's code for a client that left before its response
         self.core.session_closed(self)
 
     def on_timeout(self) -> None:
@@ -139,7 +140,10 @@ class Session:
 
     def drain(self) -> None:
         """Shutdown: finish the response in flight, take no further request."""
-        if self.parser.in_message or self.producer is not None:
+        if self.producer is not None:
+            self.close_after = True  # its request was handled before the drain: close after it
+            return
+        if self.parser.in_message:
             return  # `handle` sees core.draining and closes after answering this one
         self.close_after = True
         if not self.conn.out.items:
@@ -232,6 +236,16 @@ class Session:
         """The producer has queued its whole response; take the next request."""
         self.producer = None
         self.finish(status, body_bytes)
+        self._stream_ended()
+
+    def stream_failed(self, status: int) -> None:
+        """The producer gave up before sending a byte: answer `status` (502, 504) instead."""
+        self.producer = None
+        request = self.request
+        self.error(status, request is not None and request.method == "HEAD")
+        self._stream_ended()
+
+    def _stream_ended(self) -> None:
         conn = self.conn
         if conn.closed:
             return
@@ -273,6 +287,10 @@ class Session:
         route = find_route(server, path)
         if route is None:
             self.error(404, request.method == "HEAD")
+            return
+        access = route.access
+        if access is not None and not access.allows(self.conn.peer_ip):
+            core.deny(self, route, path)
             return
         stats.req_by_type[route.type] += 1
         self.route = route.req_path

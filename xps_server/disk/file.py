@@ -16,6 +16,8 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from xps_server.core.pipe import FileSegment
+from xps_server.disk.gzip import MIN_LENGTH as GZIP_MIN_LENGTH
+from xps_server.disk.gzip import VARY, accepts_gzip, compressible, serve_gzip
 from xps_server.disk.listing import render_listing
 from xps_server.http.mime import guess_type
 from xps_server.http.response import http_date
@@ -158,29 +160,40 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
         session.error(403, head_only)
         return
     headers = request.headers
+    vary = b""
+    if route.gzip_enable and entry.size >= GZIP_MIN_LENGTH and compressible(entry.mime, route):
+        vary = VARY  # the identity answers below vary by Accept-Encoding too
+        if (
+            "range" not in headers
+            and accepts_gzip(headers)
+            and serve_gzip(session, request, route, entry, fs_path, head_only)
+        ):
+            return
     if ("if-none-match" in headers or "if-modified-since" in headers) and _not_modified(
         headers, entry
     ):
-        fields = b"Content-Length: %d\r\n%s" % (entry.size, entry.validators)
+        fields = b"Content-Length: %d\r\n%s%s" % (entry.size, entry.validators, vary)
         session.respond(304, session.core.responder.head(304, fields, session.keep_alive()), 0)
         return
     if "range" in headers:
-        _serve_range(session, headers, entry, fs_path, head_only)
+        _serve_range(session, headers, entry, fs_path, head_only, vary)
         return
-    _send_whole(session, entry, fs_path, head_only)
+    _send_whole(session, entry, fs_path, head_only, vary)
 
 
-def _send_whole(session: Session, entry: FileEntry, fs_path: str, head_only: bool) -> None:
+def _send_whole(
+    session: Session, entry: FileEntry, fs_path: str, head_only: bool, extra: bytes = b""
+) -> None:
+    """A 200 with the whole file; `extra` is more header lines (Vary on gzip routes)."""
     responder = session.core.responder
+    fields = entry.fields + extra if extra else entry.fields
     if head_only:
-        session.respond(200, responder.head(200, entry.fields, session.keep_alive()), 0)
+        session.respond(200, responder.head(200, fields, session.keep_alive()), 0)
     elif entry.body is not None:
         body = entry.body
-        session.respond(
-            200, responder.head(200, entry.fields, session.keep_alive(), body), len(body)
-        )
+        session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))
     else:
-        head = responder.head(200, entry.fields, session.keep_alive())
+        head = responder.head(200, fields, session.keep_alive())
         _send_segment(session, 200, head, fs_path, 0, entry.size)
 
 
@@ -258,7 +271,12 @@ def parse_range(value: str, size: int) -> tuple[int, int] | bool | None:
 
 
 def _serve_range(
-    session: Session, headers: dict[str, str], entry: FileEntry, fs_path: str, head_only: bool
+    session: Session,
+    headers: dict[str, str],
+    entry: FileEntry,
+    fs_path: str,
+    head_only: bool,
+    extra: bytes = b"",
 ) -> None:
     responder = session.core.responder
     if_range = headers.get("if-range")
@@ -266,20 +284,21 @@ def _serve_range(
     if if_range is None or if_range.strip() in (entry.etag, entry.last_modified):
         wanted = parse_range(headers["range"], entry.size)
     if wanted is None:
-        _send_whole(session, entry, fs_path, head_only)
+        _send_whole(session, entry, fs_path, head_only, extra)
         return
     if wanted is False:
         session.error(416, head_only, b"Content-Range: bytes */%d\r\n" % entry.size)
         return
     start, end = wanted
     length = end - start + 1
-    fields = b"Content-Type: %s\r\nContent-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n%s" % (
+    fields = b"Content-Type: %s\r\nContent-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n%s%s" % (
         entry.mime.encode(),
         length,
         start,
         end,
         entry.size,
         entry.validators,
+        extra,
     )
     keep_alive = session.keep_alive()
     if head_only:

@@ -9,6 +9,10 @@ that has failed keeps raising the same error.
 Validation order is fixed so that every way of splitting the input gives the same outcome:
 request line too long (414), bad request line (400), head too large (431), bad header (400),
 body too large (413). The request line is therefore checked as soon as it is complete.
+
+`MessageParser` holds what any HTTP/1 message needs (buffer, body framing, chunked decoding,
+sticky errors); `RequestParser` adds the request head, and `response_parser.ResponseParser`
+the response head the proxy reads from upstreams.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "NEED_DATA",
     "Data",
     "EndOfMessage",
+    "MessageParser",
     "ParseError",
     "Request",
     "RequestParser",
@@ -208,7 +213,48 @@ def _header_error(line: str, name: str, sep: str) -> ParseError:
     return ParseError(400, "header name is not a token")
 
 
-def _content_length(value: str) -> tuple[str, int]:
+def head_lines(head: str) -> tuple[list[str], str, bool]:
+    """A head's lines, all of them joined, and whether that text holds any control character."""
+    lines = head.split("\r\n")
+    # One C-level test covers the usual head: with CRLFs split off, nothing below 0x20
+    # (bare CR/LF, tab, controls) and no DEL remain. Anything else is looked at closely.
+    flat = "".join(lines)
+    ctl = not flat.isprintable()
+    if ctl and "\n" in flat:
+        # Some lines end in a bare LF, which nginx accepts too.
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in head.split("\n")]
+        flat = "".join(lines)
+    return lines, flat, ctl
+
+
+def header_fields(
+    lines: list[str], common_names: dict[str, str], single_host: bool = True
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The fields of `lines[1:]`: by lowercase name (repeats comma-joined), and as received.
+
+    `single_host`: a repeated Host is an error (requests, RFC 9112 §3.2)."""
+    headers: dict[str, str] = {}
+    raw_headers: list[tuple[str, str]] = []
+    add_raw = raw_headers.append
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        lname = common_names.get(name)
+        if lname is None or not sep:
+            if not sep or _TOKEN(name) is None:
+                raise _header_error(line, name, sep)
+            lname = name.lower()
+        value = value.strip(" \t")
+        add_raw((name, value))
+        if lname in headers:
+            if lname == "host" and single_host:
+                raise ParseError(400, "more than one Host header")
+            headers[lname] += ", " + value
+        else:
+            headers[lname] = value
+    return headers, raw_headers
+
+
+def parse_content_length(value: str) -> tuple[str, int]:
     """The single value of (possibly repeated, hence comma-joined) Content-Length fields."""
     # isdecimal() is exactly [0-9] for latin-1 text, unlike isdigit() which accepts "²".
     if not value.isdecimal():
@@ -224,7 +270,7 @@ def _content_length(value: str) -> tuple[str, int]:
     return value, int(value)
 
 
-def _is_chunked(value: str) -> bool:
+def is_chunked(value: str) -> bool:
     """True only for exactly one "chunked" coding: nothing else is supported (RFC 9112 §6.1)."""
     value = value.lower()
     if value == "chunked":
@@ -232,30 +278,26 @@ def _is_chunked(value: str) -> bool:
     return [c for c in (c.strip(" \t") for c in value.split(",")) if c] == ["chunked"]
 
 
-class RequestParser:
-    """Incremental HTTP/1.x request parser for one connection."""
+class MessageParser:
+    """What requests and responses share: the buffer, body framing, chunked decoding, errors.
+
+    A subclass parses its own head in `_head` and then calls `_frame_body`; the rest (bodies of
+    either framing, trailers, sticky errors, pipelining) lives here once.
+    """
 
     __slots__ = (
         "_body_total",
         "_buf",
         "_error",
-        "_line_done",
         "_remaining",
         "_scan",
         "_state",
         "_trailer_bytes",
         "max_body_bytes",
         "max_header_bytes",
-        "max_uri_bytes",
     )
 
-    def __init__(
-        self,
-        max_uri_bytes: int = 8192,
-        max_header_bytes: int = 16384,
-        max_body_bytes: int = 10 * 1024 * 1024,
-    ) -> None:
-        self.max_uri_bytes = max_uri_bytes
+    def __init__(self, max_header_bytes: int, max_body_bytes: int) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         # Invariant: consumed bytes are deleted at once (a bytearray prefix delete is cheap),
@@ -264,14 +306,13 @@ class RequestParser:
         self._state = _HEAD
         self._error: ParseError | None = None
         self._scan = 0  # where the next search for a line end may start
-        self._line_done = False  # the request line of a partial head is complete and valid
         self._remaining = 0  # body bytes left in the Content-Length body or current chunk
         self._body_total = 0  # chunked bytes so far, against max_body_bytes
         self._trailer_bytes = 0
 
     @property
     def in_message(self) -> bool:
-        """True from the first byte of a request (blank lines aside) until its EndOfMessage."""
+        """True from the first byte of a message (blank lines aside) until its EndOfMessage."""
         return self._state != _HEAD or bool(self._buf)
 
     @property
@@ -280,7 +321,7 @@ class RequestParser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> None:
-        """Append bytes received from the client; events come from next_event()."""
+        """Append bytes received from the peer; events come from next_event()."""
         if self._state == _FAILED:
             return  # nothing more will be parsed; don't hold on to it
         buf = self._buf
@@ -289,7 +330,7 @@ class RequestParser:
         if self._state == _HEAD and buf and buf[0] in b"\r\n":
             self._skip_blank_lines()
 
-    def next_event(self) -> Request | Data | EndOfMessage | object:
+    def next_event(self) -> object:
         """The next event, or NEED_DATA. Raises ParseError, then again on every later call."""
         try:
             state = self._state
@@ -316,6 +357,21 @@ class RequestParser:
             self._buf.clear()
             raise
 
+    def _head(self) -> object:
+        raise NotImplementedError
+
+    def _frame_body(self, chunked: bool, length: int) -> None:
+        """After a head: expect a chunked body, `length` bytes (none if <= 0), or no body."""
+        if chunked:
+            self._state = _CHUNK_SIZE
+            self._body_total = 0
+            self._trailer_bytes = 0
+        elif length > 0:
+            self._state = _BODY
+            self._remaining = length
+        else:
+            self._state = _DONE
+
     def _skip_blank_lines(self) -> None:
         buf = self._buf
         m = _NOT_CRLF(buf)
@@ -333,141 +389,6 @@ class RequestParser:
             del buf[:n]
         self._remaining = n - len(data)
         return Data(data)
-
-    def _head(self) -> Request | _NeedData:
-        buf = self._buf
-        # The head ends at the first empty line, whether lines end in CRLF or a bare LF. One
-        # search for the earliest end keeps a large pipelined buffer from being rescanned.
-        m = _HEAD_END(buf, self._scan)
-        if m is None:
-            return self._partial_head()
-        i, end = m.span()
-        # buf[0] is never LF, so i >= 1; drop the last line's CR.
-        head = buf[: i - 1 if buf[i - 1] == 13 else i].decode("latin-1")
-        del buf[:end]
-        self._scan = 0
-        self._line_done = False
-        lines = head.split("\r\n")
-        # One C-level test covers the usual head: with CRLFs split off, nothing below 0x20
-        # (bare CR/LF, tab, controls) and no DEL remain. Anything else is looked at closely.
-        flat = "".join(lines)
-        ctl = not flat.isprintable()
-        if ctl and "\n" in flat:
-            # Some lines end in a bare LF, which nginx accepts too.
-            lines = [ln[:-1] if ln.endswith("\r") else ln for ln in head.split("\n")]
-            flat = "".join(lines)
-
-        request_line = lines[0]
-        if len(request_line) > self.max_uri_bytes:
-            raise ParseError(414, "request line too long")
-        if ctl and _CTL_ANY(request_line):
-            raise ParseError(400, "control character in request line")
-        method, target, path, query, v11, url_host = _request_line(request_line)
-        if end > self.max_header_bytes:
-            raise ParseError(431, "request head too large")
-        if ctl and _CTL_FIELD(flat, len(request_line)):
-            raise ParseError(400, "control character in header")
-
-        headers: dict[str, str] = {}
-        raw_headers: list[tuple[str, str]] = []
-        add_raw = raw_headers.append
-        common_names = _COMMON_NAMES
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            lname = common_names.get(name)
-            if lname is None or not sep:
-                if not sep or _TOKEN(name) is None:
-                    raise _header_error(line, name, sep)
-                lname = name.lower()
-            value = value.strip(" \t")
-            add_raw((name, value))
-            if lname in headers:
-                if lname == "host":
-                    raise ParseError(400, "more than one Host header")
-                headers[lname] += ", " + value
-            else:
-                headers[lname] = value
-
-        content_length = -1
-        chunked = False
-        te = headers.get("transfer-encoding")
-        cl = headers.get("content-length")
-        if te is not None:
-            if cl is not None:
-                raise ParseError(400, "both Content-Length and Transfer-Encoding")
-            if not _is_chunked(te):
-                raise ParseError(400, "unsupported Transfer-Encoding")
-            chunked = True
-        elif cl is not None:
-            headers["content-length"], content_length = _content_length(cl)
-            if content_length > self.max_body_bytes:
-                raise ParseError(413, "request body too large")
-
-        host = headers.get("host")
-        if host is None:
-            if v11:
-                raise ParseError(400, "missing Host header")
-            host = ""
-        if url_host is not None:
-            host = url_host
-
-        connection = headers.get("connection")
-        if connection is None:
-            keep_alive = v11
-        else:
-            keep_alive = _CONNECTION_FAST.get(connection.lower())
-            if keep_alive is None:
-                tokens = {t.strip(" \t") for t in connection.lower().split(",")}
-                keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
-        if chunked:
-            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; close after.
-            keep_alive = keep_alive and v11
-            self._state = _CHUNK_SIZE
-            self._body_total = 0
-            self._trailer_bytes = 0
-        elif content_length > 0:
-            self._state = _BODY
-            self._remaining = content_length
-        else:
-            self._state = _DONE
-        return Request(
-            method,
-            target,
-            path,
-            query,
-            "1.1" if v11 else "1.0",
-            headers,
-            raw_headers,
-            host,
-            content_length,
-            chunked,
-            keep_alive,
-        )
-
-    def _partial_head(self) -> _NeedData:
-        """No complete head yet: enforce the limits as early as the bytes allow."""
-        buf = self._buf
-        n = len(buf)
-        if not self._line_done:
-            # There is no LF before _scan (else the line would be done), so start there.
-            i = buf.find(b"\n", self._scan, self.max_uri_bytes + 2)
-            if i < 0:
-                # A trailing CR may be the start of the line's CRLF, so it doesn't count yet.
-                if n - (buf[-1] == 13) > self.max_uri_bytes:
-                    raise ParseError(414, "request line too long")
-            else:
-                line = buf[: i - 1 if buf[i - 1] == 13 else i].decode("latin-1")
-                if len(line) > self.max_uri_bytes:
-                    raise ParseError(414, "request line too long")
-                if _CTL_ANY(line):
-                    raise ParseError(400, "control character in request line")
-                _request_line(line)
-                self._line_done = True
-        if self._line_done and n > self.max_header_bytes:
-            raise ParseError(431, "request head too large")
-        # The end of the head is up to 3 bytes long and may straddle this feed and the next.
-        self._scan = n - 2 if n > 2 else 0
-        return NEED_DATA
 
     def _chunked(self) -> Data | EndOfMessage | _NeedData:
         buf = self._buf
@@ -511,7 +432,7 @@ class RequestParser:
                     continue
                 self._body_total += size
                 if self._body_total > self.max_body_bytes:
-                    raise ParseError(413, "request body too large")
+                    raise ParseError(413, "body too large")
                 self._remaining = size
                 self._state = _CHUNK_DATA
                 continue
@@ -534,3 +455,119 @@ class RequestParser:
             name, sep, _ = line_str.partition(":")
             if not sep or _TOKEN(name) is None:
                 raise _header_error(line_str, name, sep)
+
+
+class RequestParser(MessageParser):
+    """Incremental HTTP/1.x request parser for one connection."""
+
+    __slots__ = ("_line_done", "max_uri_bytes")
+
+    def __init__(
+        self,
+        max_uri_bytes: int = 8192,
+        max_header_bytes: int = 16384,
+        max_body_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        super().__init__(max_header_bytes, max_body_bytes)
+        self.max_uri_bytes = max_uri_bytes
+        self._line_done = False  # the request line of a partial head is complete and valid
+
+    def _head(self) -> Request | _NeedData:
+        buf = self._buf
+        # The head ends at the first empty line, whether lines end in CRLF or a bare LF. One
+        # search for the earliest end keeps a large pipelined buffer from being rescanned.
+        m = _HEAD_END(buf, self._scan)
+        if m is None:
+            return self._partial_head()
+        i, end = m.span()
+        # buf[0] is never LF, so i >= 1; drop the last line's CR.
+        head = buf[: i - 1 if buf[i - 1] == 13 else i].decode("latin-1")
+        del buf[:end]
+        self._scan = 0
+        self._line_done = False
+        lines, flat, ctl = head_lines(head)
+        request_line = lines[0]
+        if len(request_line) > self.max_uri_bytes:
+            raise ParseError(414, "request line too long")
+        if ctl and _CTL_ANY(request_line):
+            raise ParseError(400, "control character in request line")
+        method, target, path, query, v11, url_host = _request_line(request_line)
+        if end > self.max_header_bytes:
+            raise ParseError(431, "request head too large")
+        if ctl and _CTL_FIELD(flat, len(request_line)):
+            raise ParseError(400, "control character in header")
+
+        headers, raw_headers = header_fields(lines, _COMMON_NAMES)
+        content_length = -1
+        chunked = False
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None:
+            if cl is not None:
+                raise ParseError(400, "both Content-Length and Transfer-Encoding")
+            if not is_chunked(te):
+                raise ParseError(400, "unsupported Transfer-Encoding")
+            chunked = True
+        elif cl is not None:
+            headers["content-length"], content_length = parse_content_length(cl)
+            if content_length > self.max_body_bytes:
+                raise ParseError(413, "request body too large")
+
+        host = headers.get("host")
+        if host is None:
+            if v11:
+                raise ParseError(400, "missing Host header")
+            host = ""
+        if url_host is not None:
+            host = url_host
+
+        connection = headers.get("connection")
+        if connection is None:
+            keep_alive = v11
+        else:
+            keep_alive = _CONNECTION_FAST.get(connection.lower())
+            if keep_alive is None:
+                tokens = {t.strip(" \t") for t in connection.lower().split(",")}
+                keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
+        if chunked:
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; close after.
+            keep_alive = keep_alive and v11
+        self._frame_body(chunked, content_length)
+        return Request(
+            method,
+            target,
+            path,
+            query,
+            "1.1" if v11 else "1.0",
+            headers,
+            raw_headers,
+            host,
+            content_length,
+            chunked,
+            keep_alive,
+        )
+
+    def _partial_head(self) -> _NeedData:
+        """No complete head yet: enforce the limits as early as the bytes allow."""
+        buf = self._buf
+        n = len(buf)
+        if not self._line_done:
+            # There is no LF before _scan (else the line would be done), so start there.
+            i = buf.find(b"\n", self._scan, self.max_uri_bytes + 2)
+            if i < 0:
+                # A trailing CR may be the start of the line's CRLF, so it doesn't count yet.
+                if n - (buf[-1] == 13) > self.max_uri_bytes:
+                    raise ParseError(414, "request line too long")
+            else:
+                line = buf[: i - 1 if buf[i - 1] == 13 else i].decode("latin-1")
+                if len(line) > self.max_uri_bytes:
+                    raise ParseError(414, "request line too long")
+                if _CTL_ANY(line):
+                    raise ParseError(400, "control character in request line")
+                _request_line(line)
+                self._line_done = True
+        if self._line_done and n > self.max_header_bytes:
+            raise ParseError(431, "request head too large")
+        # The end of the head is up to 3 bytes long and may straddle this feed and the next.
+        self._scan = n - 2 if n > 2 else 0
+        return NEED_DATA

@@ -90,7 +90,6 @@ class Connection:
             self.read_pending = True
             return
         recv = self._recv
-        handler = self.handler
         while True:
             try:
                 data = recv(RECV_SIZE)
@@ -99,11 +98,13 @@ class Connection:
             except OSError:
                 self.close()
                 return
+            # The handler is looked up each time: an upstream connection changes hands (back
+            # to the pool) in the middle of a read.
             if not data:
-                handler.on_eof()
+                self.handler.on_eof()
                 return
             self.bytes_in += len(data)
-            handler.on_data(data)
+            self.handler.on_data(data)
             if self.closed:
                 return
             if self.read_paused:

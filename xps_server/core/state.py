@@ -1,0 +1,58 @@
+"""The state file: runtime changes (blocks, gzip toggles, ...) that must survive a restart.
+
+One JSON object, one key per feature. Writes are atomic: a temporary file beside the target
+is written and fsync'ed, renamed over it, and the folder fsync'ed, so a crash leaves either
+the old state or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+STATE_VERSION = 1
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """The saved state; {} if there is none yet. Raises ValueError for an unreadable file."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def save_state(path: str, data: dict[str, Any]) -> None:
+    """Replace the file at `path` with `data` atomically; raises OSError on failure."""
+    folder = os.path.dirname(path) or "."
+    text = json.dumps({"version": STATE_VERSION, **data}, indent=1, sort_keys=True) + "\n"
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,496 @@
+"""`reverse_proxy` routes: pass the request to an upstream and its response back.
+
+`serve_proxy` builds the upstream request head once (hop-by-hop fields out, X-Forwarded-*
+in), hands the session a `ProxyStream` and dispatches it: the balancer picks an upstream, a
+pooled keep-alive connection is reused or a new one connects. The request body streams
+through as the session parses it (re-chunked when the client sent it chunked), held back
+while the upstream socket is behind; the response streams to the client as the upstream
+sends it, held back while the client pipe is full. Nothing is ever buffered whole.
+
+What can go wrong, and what the client sees:
+- connect refused, failed or timed out: the next upstream gets the request (what was queued
+  for the failed one moves over); when none is left, 502;
+- a pooled connection found dead before any response byte: one retry on a fresh connection
+  for idempotent requests whose body has not started;
+- no response byte within upstream_read (or a stall mid-response): 504, or a closed
+  connection once the response has started;
+- an upstream that breaks the protocol or closes mid-response: 502, or a closed connection.
+Failures (not a dead pooled connection) count toward the upstream's passive health.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from xps_server.events import Timeout
+from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, Data, ParseError
+from xps_server.http.response import CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE
+from xps_server.http.response_parser import CHUNKED, UNTIL_CLOSE, Response
+
+if TYPE_CHECKING:
+    from xps_server.config import Route
+    from xps_server.core.session import Session
+    from xps_server.http.parser import Request
+    from xps_server.network.upstream import UpstreamConnection, UpstreamState
+
+# RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+_FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+_REQUEST_DROP = HOP_BY_HOP | _FORWARDED
+# Requests that may be sent twice (RFC 9110 §9.2.2): a dead pooled connection is retried.
+IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
+LAST_CHUNK = b"0\r\n\r\n"
+CHUNKED_FIELD = b"Transfer-Encoding: chunked\r\n"
+_STATUS_LINES: dict[tuple[int, str], bytes] = {}
+_STATUS_LINES_MAX = 512  # upstreams choose reason phrases: bound what is cached
+
+
+def _connection_options(value: str | None) -> frozenset[str]:
+    """Field names listed in a Connection header, lowercased; those are hop-by-hop too."""
+    if value is None:
+        return frozenset()
+    value = value.lower()
+    if value == "keep-alive" or value == "close":
+        return frozenset()
+    return frozenset(t.strip(" \t") for t in value.split(",")) - {"", "close", "keep-alive"}
+
+
+def upstream_request_head(request: Request, client_ip: str) -> bytes:
+    """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
+    hop-by-hop fields dropped, X-Forwarded-For/-Proto/-Host set."""
+    target = request.target
+    if target[:1] != "/" and target != "*":
+        target = request.path + ("?" + request.query if request.query else "")
+    lines = [f"{request.method} {target} HTTP/1.1\r\n"]
+    add = lines.append
+    drop = _REQUEST_DROP
+    options = _connection_options(request.headers.get("connection"))
+    if options:
+        drop = drop | options
+    forwarded_for = None
+    for name, value in request.raw_headers:
+        lname = name.lower()
+        if lname in drop:
+            if lname == "x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
+            continue
+        add(f"{name}: {value}\r\n")
+    if request.chunked:
+        add("Transfer-Encoding: chunked\r\n")
+    host = request.host
+    if "host" not in request.headers:
+        add(f"Host: {host}\r\n" if host else "Host: localhost\r\n")
+    if forwarded_for:
+        client_ip = f"{forwarded_for}, {client_ip}"
+    add(f"X-Forwarded-For: {client_ip}\r\n")
+    add("X-Forwarded-Proto: http\r\n")
+    if host:
+        add(f"X-Forwarded-Host: {host}\r\n")
+    add("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _status_line(status: int, reason: str) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+        if len(_STATUS_LINES) < _STATUS_LINES_MAX:
+            _STATUS_LINES[key] = line
+    return line
+
+
+def _fields(response: Response) -> bytes:
+    """The response's header lines minus the hop-by-hop ones, as received otherwise."""
+    drop = HOP_BY_HOP
+    connection = response.headers.get("connection")
+    if connection is not None:
+        options = _connection_options(connection)
+        if options:
+            drop = drop | options
+    return "".join(
+        [f"{n}: {v}\r\n" for n, v in response.raw_headers if n.lower() not in drop]
+    ).encode("latin-1")
+
+
+def serve_proxy(session: Session, request: Request, route: Route, path: str) -> None:
+    stream = ProxyStream(session, request, route)
+    session.stream(stream)
+    try:
+        stream.dispatch(stream.head)
+    except BaseException:
+        stream.abort()  # the session answers 500; no upstream connection may be left behind
+        raise
+
+
+class ProxyStream:
+    """One request's trip through an upstream: the session's Producer, the upstream's handler."""
+
+    __slots__ = (
+        "balancer",
+        "body_bytes",
+        "body_complete",
+        "body_started",
+        "conn",
+        "connect_timeout",
+        "done",
+        "head",
+        "loop",
+        "read_timeout",
+        "rechunk",
+        "request",
+        "response",
+        "retried",
+        "route",
+        "session",
+        "state",
+        "status",
+        "tried",
+        "waiting_body",
+    )
+
+    def __init__(self, session: Session, request: Request, route: Route) -> None:
+        core = session.core
+        self.session = session
+        self.request = request
+        self.route = route
+        self.loop = core.loop
+        self.balancer = core.upstreams.balancer(route)
+        timeouts = core.config.timeouts
+        connect = route.upstream_connect_timeout
+        read = route.upstream_read_timeout
+        self.connect_timeout = timeouts.upstream_connect if connect is None else connect
+        self.read_timeout = timeouts.upstream_read if read is None else read
+        self.head = upstream_request_head(request, session.conn.peer_ip)
+        self.conn: UpstreamConnection | None = None
+        self.state: UpstreamState | None = None
+        self.tried: list[UpstreamState] = []
+        self.response: Response | None = None
+        self.status = 0
+        self.body_bytes = 0
+        self.body_started = False  # request body bytes went to an upstream: no retry
+        self.body_complete = False
+        self.waiting_body = False  # the session holds the request body for us
+        self.rechunk = False
+        self.retried = False
+        self.done = False
+
+    # --- choosing an upstream -------------------------------------------------------------------
+    def dispatch(self, data: bytes) -> None:
+        """Send `data` (the head, plus any body queued so far) to the next upstream picked."""
+        tried = self.tried
+        route = self.route
+        client_ip = self.session.conn.peer_ip
+        while True:
+            state = self.balancer.pick(self.loop.now, client_ip, tried)
+            if state is None:
+                self._give_up(502)
+                return
+            tried.append(state)
+            conn = state.acquire()
+            if conn is None:
+                try:
+                    conn = state.connect(self)
+                except OSError as exc:
+                    error = f"connect: {exc.strerror or exc}"
+                    state.failed(error, route.max_fails, route.fail_timeout)
+                    continue
+            self._attach(state, conn, data)
+            return
+
+    def _attach(self, state: UpstreamState, conn: UpstreamConnection, data: bytes) -> None:
+        conn.handler = self
+        self.conn = conn
+        self.state = state
+        state.active += 1
+        state.requests += 1
+        conn.parser.head_request = self.request.method == "HEAD"
+        if conn.connecting:
+            conn.timer.reset(self.loop.now + self.connect_timeout)
+        else:
+            conn.timer.reset(self.loop.now + self.read_timeout)
+        conn.write(data)  # a dead pooled connection may call on_close from here
+        if self.waiting_body and self.conn is conn and not conn.out.full():
+            # Moved to another upstream while the body was held: it has room again.
+            self.waiting_body = False
+            self.session.resume_body()
+
+    def _detach(self, reuse: bool) -> None:
+        conn = self.conn
+        self.conn = None
+        state = self.state
+        state.active -= 1
+        if reuse:
+            state.park(conn)
+        else:
+            conn.handler = None
+            conn.close()
+
+    def _progress(self) -> None:
+        """The exchange moved: push the read deadline (unless the client is what holds it)."""
+        conn = self.conn
+        if not conn.read_paused and not conn.connecting:
+            conn.timer.reset(self.loop.now + self.read_timeout)
+
+    def _failed(self, error: str) -> None:
+        route = self.route
+        self.state.failed(error, route.max_fails, route.fail_timeout)
+
+    # --- upstream events ----------------------------------------------------------------------
+    def on_connect(self) -> None:
+        self.conn.timer.reset(self.loop.now + self.read_timeout)
+        self.state.connected()
+
+    def on_connect_failed(self, error: str) -> None:
+        pending = b"".join(self.conn.out.items)  # all still queued: none of it was sent
+        self._detach(False)
+        self._failed(f"connect: {error}")
+        self.dispatch(pending)
+
+    def on_data(self, data: bytes) -> None:
+        self.conn.parser.feed(data)
+        self._pump()
+
+    def on_eof(self) -> None:
+        self.conn.parser.feed_eof()
+        self._pump()
+
+    def on_drain(self) -> None:
+        """The upstream took request bytes: progress, and room for more of the body."""
+        self._progress()
+        if self.waiting_body:
+            self.waiting_body = False
+            self.session.resume_body()
+
+    def on_close(self) -> None:
+        """The connection failed under us (a reset, a send error); our own closes detach first."""
+        if self.conn is not None:
+            self._lost("connection reset")
+
+    def on_timeout(self) -> None:
+        conn = self.conn
+        session = self.session
+        bus = session.core.bus
+        connecting = conn.connecting
+        if bus.active:
+            phase = "upstream_connect" if connecting else "upstream_read"
+            bus.publish(Timeout(time.time(), session.id, session.conn.peer_ip, phase))
+        if connecting:
+            self.on_connect_failed("timed out")
+            return
+        self._failed("read timed out")
+        if self.response is None:
+            self._give_up(504)
+        else:
+            self._cut()
+
+    def _pump(self) -> None:
+        """Turn what the upstream sent into bytes for the client: one send per batch."""
+        conn = self.conn
+        parser = conn.parser
+        parts: list[bytes] = []
+        while True:
+            try:
+                event = parser.next_event()
+            except ParseError as exc:
+                if parts:
+                    self._send(parts)
+                    if self.done:
+                        return
+                self._failed(exc.reason)
+                if self.response is None:
+                    self._give_up(502)
+                else:
+                    self._cut()
+                return
+            if event is NEED_DATA:
+                break
+            kind = type(event)
+            if kind is Data:
+                data = event.data
+                self.body_bytes += len(data)
+                if self.rechunk:
+                    data = b"%x\r\n%s\r\n" % (len(data), data)
+                parts.append(data)
+            elif kind is Response:
+                status = event.status
+                if status < 200:
+                    if status == 101:  # Upgrade is never forwarded, so it cannot be honoured
+                        self._failed("101 Switching Protocols without an Upgrade")
+                        self._give_up(502)
+                        return
+                    if self.request.version == "1.1":
+                        parts.append(_status_line(status, event.reason))
+                        parts.append(_fields(event))
+                        parts.append(b"\r\n")
+                    continue
+                self.response = event
+                state = self.state
+                if state.fails or state.down_until:
+                    state.succeeded()
+                parts.append(self._client_head(event))
+            elif event is END_OF_MESSAGE:
+                if self.rechunk:
+                    parts.append(LAST_CHUNK)
+                self._send(parts)
+                if not self.done:
+                    self._finish()
+                return
+            else:  # CLOSED: the upstream closed before a response
+                self._lost("upstream closed the connection")
+                return
+        if parts:
+            self._send(parts)
+            if self.done:
+                return
+        client_out = self.session.conn.out
+        if client_out.size >= client_out.threshold:
+            # The client is behind: stop reading the upstream; the session's send timeout
+            # watches the client meanwhile.
+            conn.pause_reading()
+            conn.timer.cancel()
+            self.session.arm_timer()
+        else:
+            conn.timer.reset(self.loop.now + self.read_timeout)
+
+    def _send(self, parts: list[bytes]) -> None:
+        # A failed send closes the client, which aborts us: callers check `done` after.
+        self.session.conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _client_head(self, response: Response) -> bytes:
+        """The upstream's status and fields minus hop-by-hop ones, plus Server, Date, framing
+        and our Connection."""
+        session = self.session
+        self.status = response.status
+        headers = response.headers
+        framing = response.framing
+        if framing in (CHUNKED, UNTIL_CLOSE):
+            if self.request.version == "1.1":
+                self.rechunk = True
+            else:
+                session.close_after = True  # an HTTP/1.0 client learns the end from the close
+        responder = session.core.responder
+        return b"".join(
+            (
+                _status_line(response.status, response.reason),
+                _fields(response),
+                b"" if "server" in headers else b"Server: %s\r\n" % responder.server_name.encode(),
+                b"" if "date" in headers else responder.date_line(),
+                CHUNKED_FIELD if self.rechunk else b"",
+                CONNECTION_CLOSE if session.close_after else CONNECTION_KEEP_ALIVE,
+            )
+        )
+
+    # --- ends -----------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        """The whole response is queued for the client."""
+        conn = self.conn
+        reuse = (
+            self.response.keep_alive
+            and self.body_complete
+            and not conn.out.items
+            and not conn.parser.buffered
+        )
+        self.done = True
+        self._detach(reuse)
+        self.session.stream_done(self.status, self.body_bytes)
+
+    def _lost(self, reason: str) -> None:
+        """The upstream connection ended without a complete response."""
+        conn = self.conn
+        state = self.state
+        reused = conn.reused
+        self._detach(False)
+        if self.response is None:
+            if (
+                reused
+                and not self.retried
+                and not self.body_started
+                and self.request.method in IDEMPOTENT
+            ):
+                # Most likely the upstream closed this idle keep-alive connection just as we
+                # reused it: not the upstream's fault, and safe to send again.
+                self.retried = True
+                self._retry(state)
+                return
+            if not reused:
+                self._failed(reason)
+            self._give_up(502)
+            return
+        self._failed(reason)
+        self._cut()
+
+    def _retry(self, state: UpstreamState) -> None:
+        try:
+            conn = state.connect(self)
+        except OSError as exc:
+            self._failed(f"connect: {exc.strerror or exc}")
+            self.dispatch(self.head)
+            return
+        self._attach(state, conn, self.head)
+
+    def _give_up(self, status: int) -> None:
+        """Nothing reached the client yet: answer `status` (502, 504) in place of a response."""
+        self.done = True
+        if self.conn is not None:
+            self._detach(False)
+        self.session.stream_failed(status)
+
+    def _cut(self) -> None:
+        """The response started and cannot finish: flush what is queued, then close."""
+        self.done = True
+        if self.conn is not None:
+            self._detach(False)
+        session = self.session
+        session.close_after = True
+        session.stream_done(self.status, self.body_bytes)
+
+    # --- the session's side (Producer) ----------------------------------------------------------
+    def on_body(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.body_started = True
+        if self.request.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._progress()
+        conn.write(data)
+
+    def on_body_end(self) -> None:
+        self.body_complete = True
+        conn = self.conn
+        if conn is not None and self.request.chunked:
+            self.body_started = True
+            conn.write(LAST_CHUNK)
+
+    def body_full(self) -> bool:
+        conn = self.conn
+        if conn is not None and conn.out.size >= conn.out.threshold:
+            self.waiting_body = True
+            return True
+        return False
+
+    def resume(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.read_paused:
+            conn.timer.reset(self.loop.now + self.read_timeout)
+            conn.resume_reading()
+
+    def abort(self) -> None:
+        """The client went away: never pool a connection in the middle of an exchange."""
+        if self.done:
+            return
+        self.done = True
+        if self.conn is not None:
+            self._detach(False)

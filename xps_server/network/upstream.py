@@ -1,0 +1,396 @@
+"""Upstreams: the connection to a backend, and the shared state of each backend address.
+
+`UpstreamConnection` is a `Connection` that connects non-blocking (EPOLLOUT only while the
+connect or a send is pending) and carries one response parser and one timer for its whole
+life: the timer bounds the connect, then the wait for response bytes, then the idle time in
+the pool. `UpstreamState` is everything about one `host:port`, shared by every route that
+names it: passive health, the operator's drain flag, counters, and the pool of idle
+keep-alive connections. `UpstreamRegistry` (the core's `upstreams`) holds the states by
+address and the balancer of each reverse_proxy route; the console reads `snapshot()` and calls
+`drain` / `enable`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from xps_server.core.loop import EPOLLOUT, Loop
+from xps_server.events import UpstreamConnected, UpstreamFailed, UpstreamHealthChanged
+from xps_server.http.response_parser import ResponseParser
+from xps_server.network.balancer import Balancer
+from xps_server.network.connection import READ_MASK, WRITE_MASK, Connection
+
+if TYPE_CHECKING:
+    from xps_server.config import Config, Route
+    from xps_server.events import EventBus
+
+log = logging.getLogger("xps.upstream")
+
+IDLE_PER_UPSTREAM = 64  # pooled keep-alive connections kept per address (nginx: keepalive N)
+IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this many seconds
+
+UP, DOWN, DRAINING = "up", "down", "draining"
+
+
+def upstream_key(host: str, port: int) -> str:
+    """How an upstream is named: `host:port`, IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class UpstreamHandler(Protocol):
+    def on_connect(self) -> None: ...
+    def on_connect_failed(self, error: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_drain(self) -> None: ...
+    def on_close(self) -> None: ...
+    def on_timeout(self) -> None: ...
+
+
+class UpstreamConnection(Connection):
+    """A connection to one upstream; while pooled it is its own handler (any event closes it)."""
+
+    __slots__ = ("connecting", "parser", "reused", "state", "timer")
+
+    def __init__(self, loop: Loop, sock: socket.socket, state: UpstreamState) -> None:
+        super().__init__(loop, sock, (state.host, state.port))
+        self.state = state
+        self.connecting = False
+        self.reused = False  # it served a request before: it may have died in the pool
+        self.parser = ResponseParser()
+        self.timer = loop.timer(self._on_timer)
+
+    @classmethod
+    def open(cls, loop: Loop, state: UpstreamState, handler: UpstreamHandler) -> UpstreamConnection:
+        """Start a non-blocking connect; raises OSError if it fails at once."""
+        if state.sockaddr is None:
+            raise OSError(errno.EHOSTUNREACH, state.last_error or "cannot resolve")
+        sock = socket.socket(state.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(state.sockaddr)
+            if err and err != errno.EINPROGRESS:
+                raise OSError(err, os.strerror(err))
+        except OSError:
+            sock.close()
+            raise
+        conn = cls(loop, sock, state)
+        conn.handler = handler
+        if err:
+            conn.connecting = True
+            conn.writing = True
+            loop.add(conn.fd, WRITE_MASK, conn._on_connect_event)
+        else:
+            loop.add(conn.fd, READ_MASK, conn.on_event)
+        return conn
+
+    def _on_connect_event(self, mask: int) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err or not mask & EPOLLOUT:
+            # The handler decides: it may move what was queued to another upstream first.
+            self.handler.on_connect_failed(os.strerror(err) if err else "connect failed")
+            return
+        self.connecting = False
+        self.loop.handlers[self.fd] = self.on_event  # connected: the ordinary dispatch from now
+        self.handler.on_connect()
+        if not self.closed:
+            self.on_event(mask)  # flushes what was queued meanwhile
+
+    def write(self, data: bytes) -> None:
+        """Send `data`, or queue it while the connect is in progress."""
+        if self.connecting:
+            self.out.push(data)
+        else:
+            self.send(data)
+
+    def _on_timer(self) -> None:
+        if not self.closed:
+            self.handler.on_timeout()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        Connection.close(self)
+
+    # --- handler of a pooled, idle connection: nothing should happen, so anything closes it ---
+    def on_connect(self) -> None:
+        pass
+
+    def on_connect_failed(self, error: str) -> None:
+        self.close()
+
+    def on_data(self, data: bytes) -> None:
+        self.close()  # bytes nobody asked for: the upstream is confused
+
+    def on_eof(self) -> None:
+        self.close()  # the upstream closed its idle end, as keep-alive servers do
+
+    def on_drain(self) -> None:
+        pass
+
+    def on_close(self) -> None:
+        self.state.forget(self)
+
+    def on_timeout(self) -> None:
+        self.close()  # idle too long
+
+
+class UpstreamState:
+    """One upstream address: health, drain flag, counters and its idle connection pool."""
+
+    __slots__ = (
+        "active",
+        "addr",
+        "bus",
+        "connects",
+        "down_until",
+        "draining",
+        "fails",
+        "fails_since",
+        "failures",
+        "family",
+        "host",
+        "idle",
+        "last_error",
+        "last_error_at",
+        "loop",
+        "port",
+        "requests",
+        "sockaddr",
+    )
+
+    def __init__(self, loop: Loop, bus: EventBus, host: str, port: int) -> None:
+        self.loop = loop
+        self.bus = bus
+        self.host = host
+        self.port = port
+        self.addr = upstream_key(host, port)
+        self.draining = False
+        self.down_until = 0.0  # loop clock; out of rotation until then
+        self.fails = 0  # failures counted toward max_fails
+        self.fails_since = 0.0  # start of the fail_timeout window they fall in
+        self.active = 0  # requests in flight
+        self.requests = 0
+        self.failures = 0
+        self.connects = 0
+        self.last_error = ""
+        self.last_error_at = 0.0  # wall clock, for the console
+        self.idle: list[UpstreamConnection] = []
+        self.family = socket.AF_INET
+        self.sockaddr: tuple | None = None
+        self.resolve()
+
+    def resolve(self) -> None:
+        """Look the address up once (at configure time, never per request: it may block)."""
+        host = "127.0.0.1" if self.host == "localhost" else self.host
+        try:
+            info = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)[0]
+        except (OSError, UnicodeError) as exc:
+            self.sockaddr = None
+            self.last_error = f"cannot resolve {self.host}: {exc}"
+            return
+        self.family = info[0]
+        self.sockaddr = info[4]
+
+    # --- connections ------------------------------------------------------------------------
+    def acquire(self) -> UpstreamConnection | None:
+        """The most recently parked idle connection, if any."""
+        idle = self.idle
+        return idle.pop() if idle else None
+
+    def connect(self, handler: UpstreamHandler) -> UpstreamConnection:
+        """A fresh connection (connecting); raises OSError if it fails at once."""
+        conn = UpstreamConnection.open(self.loop, self, handler)
+        self.connects += 1
+        if not conn.connecting:
+            self.connected()  # at once (rare even on loopback): no on_connect will follow
+        return conn
+
+    def park(self, conn: UpstreamConnection) -> None:
+        """Keep a connection whose exchange ended cleanly, or close it if there is no room."""
+        if self.draining or len(self.idle) >= IDLE_PER_UPSTREAM or conn.closed:
+            conn.handler = None
+            conn.close()
+            return
+        conn.reused = True
+        conn.handler = conn
+        conn.timer.reset(self.loop.now + IDLE_TIMEOUT)
+        self.idle.append(conn)
+        if conn.read_paused:
+            conn.resume_reading()  # anything that arrived meanwhile closes it
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        for conn in self.idle[:]:
+            conn.close()
+
+    # --- health -----------------------------------------------------------------------------
+    def available(self, now: float) -> bool:
+        return not self.draining and self.down_until <= now
+
+    @property
+    def status(self) -> str:
+        if self.draining:
+            return DRAINING
+        return DOWN if self.down_until > self.loop.now else UP
+
+    def connected(self) -> None:
+        if self.bus.active:
+            self.bus.publish(UpstreamConnected(time.time(), self.addr))
+
+    def failed(self, error: str, max_fails: int, fail_timeout: float) -> None:
+        """A connect, read or protocol failure; `max_fails` of them within `fail_timeout`
+        take the upstream out of rotation for `fail_timeout` seconds (0 never does)."""
+        now = self.loop.now
+        self.failures += 1
+        self.last_error = error
+        self.last_error_at = time.time()
+        bus = self.bus
+        if bus.active:
+            bus.publish(UpstreamFailed(self.last_error_at, self.addr, error))
+        if max_fails <= 0:
+            return
+        if self.down_until == 0.0 and now - self.fails_since > fail_timeout:
+            self.fails = 0  # the window passed: count afresh
+            self.fails_since = now
+        self.fails += 1
+        if self.fails >= max_fails:
+            # Down (again, if this was the first try after a down period) for fail_timeout.
+            was_up = self.down_until <= now
+            self.down_until = now + fail_timeout
+            if was_up:
+                log.warning("upstream %s is down for %gs: %s", self.addr, fail_timeout, error)
+                self._health_changed()
+
+    def succeeded(self) -> None:
+        """A response head arrived: the upstream counts as healthy again."""
+        self.fails = 0
+        if self.down_until:
+            self.down_until = 0.0
+            log.info("upstream %s is up", self.addr)
+            self._health_changed()
+
+    def _health_changed(self) -> None:
+        if self.bus.active:
+            self.bus.publish(UpstreamHealthChanged(time.time(), self.addr, self.status))
+
+    # --- operator ---------------------------------------------------------------------------
+    def drain(self) -> None:
+        """No new requests; those in flight finish, then their connections close."""
+        if not self.draining:
+            self.draining = True
+            self.close_idle()
+            self._health_changed()
+
+    def enable(self) -> None:
+        """Back in rotation, whether it was drained or marked down."""
+        changed = self.draining or self.down_until > self.loop.now
+        self.draining = False
+        self.down_until = 0.0
+        self.fails = 0
+        if changed:
+            self._health_changed()
+
+    def snapshot(self) -> dict:
+        now = self.loop.now
+        return {
+            "addr": self.addr,
+            "state": self.status,
+            "active": self.active,
+            "idle": len(self.idle),
+            "requests": self.requests,
+            "failures": self.failures,
+            "fails": self.fails,
+            "down_for": round(max(0.0, self.down_until - now), 3),
+            "connects": self.connects,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+
+class UpstreamRegistry(dict[str, UpstreamState]):
+    """Every upstream address of the running config, and each reverse_proxy route's balancer."""
+
+    def __init__(self, loop: Loop, bus: EventBus) -> None:
+        super().__init__()
+        self.loop = loop
+        self.bus = bus
+        # id(route) -> (route, balancer); the route is kept so an id is never taken for another.
+        self._balancers: dict[int, tuple[Route, Balancer]] = {}
+
+    def configure(self, config: Config) -> None:
+        """Match the states and balancers to `config`; states of addresses kept keep their
+        counters, health and drain flag; those of addresses gone lose their idle connections."""
+        seen: dict[str, UpstreamState] = {}
+        balancers: dict[int, tuple[Route, Balancer]] = {}
+        for server in config.servers:
+            for route in server.routes:
+                if route.type != "reverse_proxy":
+                    continue
+                peers = []
+                for upstream in route.upstreams:
+                    key = upstream_key(upstream.host, upstream.port)
+                    state = seen.get(key) or self.get(key)
+                    if state is None:
+                        state = UpstreamState(self.loop, self.bus, upstream.host, upstream.port)
+                    elif key not in seen:
+                        state.resolve()
+                    seen[key] = state
+                    peers.append((state, upstream.weight))
+                balancers[id(route)] = (route, Balancer(peers, route.lb_method))
+        for key, state in self.items():
+            if key not in seen:
+                state.draining = True  # requests in flight finish; nothing is pooled again
+                state.close_idle()
+        self.clear()
+        self.update(seen)
+        self._balancers = balancers
+
+    def balancer(self, route: Route) -> Balancer:
+        found = self._balancers.get(id(route))
+        if found is None or found[0] is not route:
+            # A route object the registry was not configured with (built by hand): adopt it.
+            peers = []
+            for upstream in route.upstreams:
+                key = upstream_key(upstream.host, upstream.port)
+                state = self.get(key)
+                if state is None:
+                    state = self[key] = UpstreamState(
+                        self.loop, self.bus, upstream.host, upstream.port
+                    )
+                peers.append((state, upstream.weight))
+            found = self._balancers[id(route)] = (route, Balancer(peers, route.lb_method))
+        return found[1]
+
+    def lookup(self, addr: str) -> UpstreamState:
+        state = self.get(addr)
+        if state is None:
+            raise KeyError(f"no upstream {addr!r}; known: {', '.join(self) or 'none'}")
+        return state
+
+    def drain(self, addr: str) -> dict:
+        state = self.lookup(addr)
+        state.drain()
+        return state.snapshot()
+
+    def enable(self, addr: str) -> dict:
+        state = self.lookup(addr)
+        state.enable()
+        return state.snapshot()
+
+    def snapshot(self) -> list[dict]:
+        return [state.snapshot() for state in self.values()]
+
+    def close(self) -> None:
+        for state in self.values():
+            state.close_idle()
