@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/xps-server $(CONFIG)
+	$(BIN)/xps-console $(CONFIG)
 
 serve: install
 	$(BIN)/xps-server $(CONFIG)

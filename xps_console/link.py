@@ -1,0 +1,309 @@
+"""The console's only way to a server: events in, named commands out.
+
+`Link` is what the app uses; it never learns which of the two it has:
+
+- `EmbeddedLink` runs a `Core` in this process, its loop on a daemon thread. Commands cross
+  over through `CommandAPI.submit` (the loop's queue + wake-up fd); events come from a bounded
+  `Subscription` of the core's bus, which the UI drains on a timer.
+- `AttachedLink` speaks JSON lines to a headless server's control socket: commands carry an
+  `id` that the reply echoes, and event lines are queued (unparsed) until the UI takes them.
+
+Both queue at most `EVENT_QUEUE` events; past that the oldest go and `dropped` counts them,
+so a flood of traffic costs the console a bounded amount of memory and never slows the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import Any
+
+from xps_server.config import load_config
+from xps_server.control import CommandAPI, ControlServer
+from xps_server.core.core import Core
+from xps_server.events import Subscription
+
+log = logging.getLogger("xps.console.link")
+
+EVENT_QUEUE = 5_000  # events waiting for the UI; the UI shows a few thousand a second at most
+COMMAND_TIMEOUT = 10.0  # seconds a command may take before the link gives up on it
+READ_SIZE = 1 << 16
+MAX_LINE = 1 << 26  # a control-socket line longer than this means the peer is not our server
+EVENT_PREFIX = b'{"event": '  # how the control socket starts an event line (json.dumps style)
+
+
+class LinkError(Exception):
+    """The server cannot be reached: not running, gone, or not answering."""
+
+
+class Link(ABC):
+    """What the console needs from a server, embedded or attached."""
+
+    mode: str  # "embedded" or "attached", for the title bar
+    target: str  # the config file or the control socket
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect (attached) or make sure the server runs (embedded); raises LinkError."""
+
+    @abstractmethod
+    async def command(self, name: str, **args: Any) -> dict:
+        """Run a named command; the reply is `{"ok": True, "result": ...}` or `{"ok": False,
+        "error": ...}`. Raises LinkError when the server cannot answer at all."""
+
+    @abstractmethod
+    def take_events(self, limit: int) -> list[dict]:
+        """Up to `limit` queued events, oldest first, as dicts with `kind` and `ts`; no waiting."""
+
+    @property
+    @abstractmethod
+    def dropped(self) -> int:
+        """Events lost on the way (the server's bus and this side's queue together)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Embedded: stop the server gracefully. Attached: just detach. Idempotent."""
+
+
+# --- embedded -------------------------------------------------------------------------------
+class EmbeddedLink(Link):
+    """A server running in this process, on its own loop thread."""
+
+    mode = "embedded"
+
+    def __init__(self, config_path: str, grace: float = 10.0, queue: int = EVENT_QUEUE) -> None:
+        self.config = load_config(config_path)  # ConfigError: the caller reports it
+        self.target = self.config.path
+        self.grace = grace
+        self.core = Core(self.config)
+        self.api = CommandAPI(self.core)
+        self.control: ControlServer | None = None
+        self.subscription: Subscription | None = None
+        self.thread: threading.Thread | None = None
+        self._queue = queue
+        self._closed = False
+
+    def start(self) -> None:
+        """Bind the listeners (and the control socket) and run the loop; raises OSError."""
+        core = self.core
+        core.start()
+        if self.config.control_socket:
+            try:
+                self.control = ControlServer(core, self.api, self.config.control_socket)
+            except OSError:
+                core.close()
+                raise
+        self.subscription = core.bus.subscribe(self._queue)
+        self.thread = threading.Thread(target=self._run, name="xps-loop", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.core.loop.run()
+        except Exception:
+            log.exception("the server loop stopped on an error")
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    async def open(self) -> None:
+        if self.thread is None:
+            try:
+                self.start()
+            except OSError as exc:
+                raise LinkError(f"cannot listen: {exc}") from None
+
+    async def command(self, name: str, **args: Any) -> dict:
+        if not self.running:
+            raise LinkError("the server is not running")
+        future = self.api.submit({"cmd": name, "args": args})
+        try:
+            # On timeout the wrapped future is cancelled, so a late command never runs.
+            return await asyncio.wait_for(asyncio.wrap_future(future), COMMAND_TIMEOUT)
+        except TimeoutError:
+            raise LinkError(f"{name}: the server loop did not answer") from None
+
+    def take_events(self, limit: int) -> list[dict]:
+        sub = self.subscription
+        return [event.to_dict() for event in sub.take(limit)] if sub is not None else []
+
+    @property
+    def dropped(self) -> int:
+        return self.subscription.dropped if self.subscription is not None else 0
+
+    def shutdown(self) -> None:
+        """Graceful stop: in-flight responses get `grace` seconds, then everything is released."""
+        if self._closed:
+            return
+        self._closed = True
+        core = self.core
+        thread = self.thread
+        if thread is not None and thread.is_alive():
+            core.loop.call_soon_threadsafe(lambda: core.shutdown(self.grace))
+            thread.join(self.grace + 2.0)  # core.shutdown force-stops at `grace`
+            if thread.is_alive():
+                core.loop.call_soon_threadsafe(core.loop.stop)
+                thread.join(2.0)
+            if thread.is_alive():
+                log.error("the server loop did not stop; leaving its descriptors open")
+                return
+        if self.control is not None:
+            self.control.close()
+        if self.subscription is not None:
+            self.subscription.close()
+        core.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+
+# --- attached -------------------------------------------------------------------------------
+class AttachedLink(Link):
+    """A headless server's control socket (JSON lines)."""
+
+    mode = "attached"
+
+    def __init__(self, socket_path: str, queue: int = EVENT_QUEUE) -> None:
+        self.target = socket_path
+        # Event lines stay raw bytes until the UI takes them: what the queue drops is never
+        # parsed. Replies and console-side notes are dicts.
+        self._events: deque[bytes | dict] = deque(maxlen=queue)
+        self._pending: dict[int, asyncio.Future[dict]] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.closed_reason: str | None = None
+        self.server_dropped = 0
+        self.local_dropped = 0
+
+    async def open(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.target)
+        except OSError as exc:
+            raise LinkError(f"cannot attach to {self.target}: {exc.strerror or exc}") from None
+        self._task = asyncio.create_task(self._read(self._reader), name="xps-attached-reader")
+        reply = await self.command("subscribe")
+        if not reply.get("ok"):
+            raise LinkError(f"{self.target} refused to stream events: {reply.get('error')}")
+
+    async def command(self, name: str, **args: Any) -> dict:
+        writer = self._writer
+        if writer is None or self.closed_reason is not None:
+            raise LinkError(self.closed_reason or "not attached")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            writer.write(json.dumps({"id": request_id, "cmd": name, "args": args}).encode() + b"\n")
+            await writer.drain()
+            return await asyncio.wait_for(future, COMMAND_TIMEOUT)
+        except TimeoutError:
+            raise LinkError(f"{name}: {self.target} did not answer") from None
+        except OSError as exc:
+            raise LinkError(f"{name}: {exc}") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def take_events(self, limit: int) -> list[dict]:
+        queue = self._events
+        taken: list[dict] = []
+        while queue and len(taken) < limit:
+            item = queue.popleft()
+            if isinstance(item, bytes):
+                try:
+                    item = json.loads(item)["event"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+            taken.append(item)
+        return taken
+
+    @property
+    def dropped(self) -> int:
+        return self.server_dropped + self.local_dropped
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        writer = self._writer
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+        self._fail_pending("detached")
+
+    # --- reading ------------------------------------------------------------------------------
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        reason = "the server closed the control socket"
+        buffer = bytearray()
+        try:
+            while True:
+                chunk = await reader.read(READ_SIZE)
+                if not chunk:
+                    break
+                searched = len(buffer)  # the buffer holds no newline before this
+                buffer += chunk
+                end = buffer.rfind(b"\n", searched)
+                if end < 0:
+                    if len(buffer) > MAX_LINE:
+                        reason = "the control socket sent an oversized line"
+                        break
+                    continue
+                lines = bytes(buffer[:end]).split(b"\n")
+                del buffer[: end + 1]
+                for line in lines:
+                    self._on_line(line)
+        except OSError as exc:
+            reason = f"control socket error: {exc}"
+        if not self._closing:
+            self.closed_reason = reason
+            self._note("link_closed", reason)
+            self._fail_pending(reason)
+
+    def _on_line(self, line: bytes) -> None:
+        if line.startswith(EVENT_PREFIX):
+            self._queue(line)
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            if line.strip():
+                self._note("control_reply", f"unreadable line: {line[:200]!r}")
+            return
+        if not isinstance(message, dict):
+            return
+        if "event" in message:
+            self._queue(message["event"])
+        elif "dropped" in message:
+            self.server_dropped = int(message["dropped"])
+        else:
+            future = self._pending.get(message.pop("id", None))
+            if future is not None and not future.done():
+                future.set_result(message)
+            else:  # an answer nobody waits for: show it rather than lose it
+                self._note("control_reply", message.get("error") or json.dumps(message))
+
+    def _queue(self, item: bytes | dict) -> None:
+        queue = self._events
+        if len(queue) == queue.maxlen:
+            self.local_dropped += 1
+        queue.append(item)
+
+    def _note(self, kind: str, message: str) -> None:
+        self._queue({"kind": kind, "ts": time.time(), "message": message})
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(LinkError(reason))
+        self._pending.clear()
