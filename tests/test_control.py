@@ -215,3 +215,44 @@ def test_headless_server_serves_the_control_socket(tmp_path, site):
         proc.terminate()
         assert proc.wait(10) == 0
     assert not sock_path.exists()
+
+
+def test_gzip_command_toggles_sets_and_resets(control):
+    _, api, _, _ = control
+
+    def gzip(**args):
+        reply = api.submit({"cmd": "gzip", "args": {"route": "/", **args}}).result(5)
+        assert reply["ok"], reply
+        return reply["result"]["gzip_enable"]
+
+    assert gzip() is True  # omitted: toggle (the config has it off)
+    assert gzip() is False
+    assert gzip(enabled=False) is False
+    assert gzip(enabled=True) is True
+    assert gzip(reset=True) is False  # back to the config file's setting
+    reply = api.submit({"cmd": "gzip", "args": {"route": "/nope"}}).result(5)
+    assert reply["ok"] is False and "/nope" in reply["error"]
+
+
+def test_subscriber_rate_cap_keeps_the_newest_and_counts_drops(control):
+    server, _, client, _ = control
+    client.send({"id": 1, "cmd": "subscribe", "args": {"max_rate": 20}})
+    assert client.read()["result"] == {"subscribed": True, "max_rate": 20}
+
+    def publish() -> None:
+        for i in range(100):
+            server.core.bus.publish(
+                RequestFinished(time.time(), i, "ip", "GET", "/", "/", 200, 0, 0)
+            )
+
+    server.call(publish)
+    sessions, dropped = [], 0
+    while len(sessions) < 20 or not dropped:
+        message = client.read()
+        if "event" in message:
+            sessions.append(message["event"]["session"])
+        dropped = message.get("dropped", dropped)
+    assert dropped == 80  # a queue of one second's worth: the 20 newest are kept
+    assert sessions == list(range(80, 100))
+    client.send({"id": 2, "cmd": "subscribe", "args": {"max_rate": "fast"}})
+    assert client.read_until(lambda m: m.get("id") == 2)["ok"] is False

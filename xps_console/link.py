@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -34,6 +35,7 @@ log = logging.getLogger("xps.console.link")
 
 EVENT_QUEUE = 5_000  # events waiting for the UI; the UI shows a few thousand a second at most
 COMMAND_TIMEOUT = 10.0  # seconds a command may take before the link gives up on it
+SUBSCRIBE_MAX_RATE = 2000  # events/s an attached console asks the server for
 READ_SIZE = 1 << 16
 MAX_LINE = 1 << 26  # a control-socket line longer than this means the peer is not our server
 EVENT_PREFIX = b'{"event": '  # how the control socket starts an event line (json.dumps style)
@@ -101,6 +103,7 @@ class EmbeddedLink(Link):
                 core.close()
                 raise
         self.subscription = core.bus.subscribe(self._queue)
+        gc.freeze()  # long-lived objects out of the collector's full passes (see xps_server.cli)
         self.thread = threading.Thread(target=self._run, name="xps-loop", daemon=True)
         self.thread.start()
 
@@ -192,7 +195,9 @@ class AttachedLink(Link):
         except OSError as exc:
             raise LinkError(f"cannot attach to {self.target}: {exc.strerror or exc}") from None
         self._task = asyncio.create_task(self._read(self._reader), name="xps-attached-reader")
-        reply = await self.command("subscribe")
+        # The dashboard shows a few hundred events a second at most: no need to make the
+        # server serialise more than this for us.
+        reply = await self.command("subscribe", max_rate=SUBSCRIBE_MAX_RATE)
         if not reply.get("ok"):
             raise LinkError(f"{self.target} refused to stream events: {reply.get('error')}")
 

@@ -7,6 +7,7 @@ the server cannot start (a port already taken, say). No traceback reaches the us
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("listening on %s:%d", *key)
     if control is not None:
         log.info("control socket on %s", config.control_socket)
+    # Everything built so far (modules, config, caches) lives as long as the process: keep it
+    # out of the cyclic collector's full passes, which otherwise stall the loop.
+    gc.freeze()
     try:
         loop.run()
     finally:

@@ -189,9 +189,19 @@ class CommandAPI:
         )
 
     def gzip(self, args: dict) -> Any:
-        return self._policy(
-            lambda: self.core.set_gzip(_arg(args, "route", str), _arg(args, "enabled", bool, None))
-        )
+        """`enabled` true/false sets, omitted toggles, `reset` returns to the config file's."""
+        route = _arg(args, "route", str)
+        enabled = _arg(args, "enabled", bool, None)
+
+        def apply() -> Any:
+            if _arg(args, "reset", bool, False):
+                return self.core.set_gzip(route, None)
+            wanted = enabled
+            if wanted is None:
+                wanted = not self.core.runtime.resolve(route)[1].gzip_enable
+            return self.core.set_gzip(route, wanted)
+
+        return self._policy(apply)
 
     def kill(self, args: dict) -> dict:
         session_id = _arg(args, "session", int)
@@ -238,6 +248,7 @@ class ControlClient:
         self.buffer = bytearray()
         self.subscription: Subscription | None = None
         self.reported_drops = 0
+        self.batch = 2000  # events per flush
 
     def on_data(self, data: bytes) -> None:
         buffer = self.buffer
@@ -264,20 +275,28 @@ class ControlClient:
             return
         request_id = message.get("id") if isinstance(message, dict) else None
         if isinstance(message, dict) and message.get("cmd") in ("subscribe", "unsubscribe"):
-            reply = self.set_subscribed(message["cmd"] == "subscribe")
+            reply = self.set_subscribed(message["cmd"] == "subscribe", message.get("args"))
         else:
             reply = self.server.api.execute(message)
         if request_id is not None:
             reply = {"id": request_id, **reply}
         self.reply(reply)
 
-    def set_subscribed(self, on: bool) -> dict:
-        if on and self.subscription is None:
-            self.subscription = self.server.core.bus.subscribe(SUBSCRIBER_QUEUE)
-        elif not on and self.subscription is not None:
+    def set_subscribed(self, on: bool, args: object) -> dict:
+        """`max_rate` (events/s) bounds what this peer costs the loop: past it, events wait in a
+        queue of one second's worth and the oldest are dropped (and counted)."""
+        try:
+            max_rate = _arg(args if isinstance(args, dict) else {}, "max_rate", int, 0)
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc)}
+        if self.subscription is not None:
             self.subscription.close()
             self.subscription = None
-        return {"ok": True, "result": {"subscribed": on}}
+        if on:
+            queue = min(SUBSCRIBER_QUEUE, max_rate) if max_rate > 0 else SUBSCRIBER_QUEUE
+            self.subscription = self.server.core.bus.subscribe(queue)
+            self.batch = max(1, int(max_rate * EVENT_FLUSH_INTERVAL)) if max_rate > 0 else 2000
+        return {"ok": True, "result": {"subscribed": on, "max_rate": max_rate or None}}
 
     def reply(self, message: dict) -> None:
         self.conn.send(json.dumps(message, default=str).encode() + b"\n")
@@ -287,7 +306,7 @@ class ControlClient:
         conn = self.conn
         if sub is None or conn.closed or conn.out.full():
             return  # a slow reader: events wait in its bounded queue, oldest dropped
-        events = sub.take(2000)
+        events = sub.take(self.batch)
         lines = [json.dumps({"event": e.to_dict()}, default=str) for e in events]
         if sub.dropped != self.reported_drops:
             self.reported_drops = sub.dropped

@@ -48,6 +48,15 @@ class Timer:
     def cancel(self) -> None:
         self.deadline = None
 
+    def close(self) -> None:
+        """Cancel for good: drop the callback so a stale heap entry keeps nothing alive."""
+        self.deadline = None
+        self.callback = _noop
+
+
+def _noop() -> None:
+    pass
+
 
 class Loop:
     """epoll in edge-triggered mode plus timers and thread-safe `call_soon_threadsafe`."""

@@ -111,7 +111,7 @@ class Session:
             conn.resume_reading()
 
     def on_close(self) -> None:
-        self.timer.cancel()
+        self.timer.close()
         producer = self.producer
         if producer is not None:
             self.producer = None

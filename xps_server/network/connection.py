@@ -216,4 +216,7 @@ class Connection:
             pass
         handler = self.handler
         if handler is not None:
+            # Unlink first: a closed connection and its session must not keep each other
+            # alive until the cyclic garbage collector runs.
+            self.handler = None
             handler.on_close()
