@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.backends import Backend, BackendConn, Req, echo, response
-from tests.helpers import Client, connect, free_port, wait_until
+from tests.helpers import Client, RunningServer, connect, free_port, server_config, wait_until
+from xps_server.config import parse_config
 from xps_server.network import upstream as upstream_module
 
 # Short enough to keep the suite fast, long enough never to fire by accident.
@@ -848,3 +849,94 @@ def test_upstream_events_reach_the_bus(backends, proxy):
     assert ("upstream_connected", live.addr) in kinds
     assert ("upstream_failed", dead) in kinds
     assert ("upstream_health", dead) in kinds
+
+
+# --- operator: drains survive reloads and restarts ----------------------------------------------
+def _proxy_config(port: int, state, *addrs: str, **route) -> dict:
+    routes = [{"req_path": "/", "type": "reverse_proxy", "upstreams": list(addrs), **route}]
+    return server_config(port, routes, state_file=str(state), timeouts=FAST)
+
+
+def test_a_drain_survives_a_restart_and_enable_forgets_it(backends, tmp_path):
+    a, b = backends(name="a"), backends(name="b")
+    state = tmp_path / "state.json"
+    # A section another feature owns, and drain entries that make no sense.
+    state.write_text(json.dumps({"version": 1, "theirs": {"x": 1}, "drained": ["nonsense", 7]}))
+    config = _proxy_config(free_port(), state, a.addr, b.addr)
+    first = RunningServer(config, tmp_path)
+    try:
+        assert upstream(first, a.addr)["state"] == "up"
+        row = first.call(lambda: first.core.drain_upstream(a.addr))
+        assert row["state"] == "draining" and row["persisted"] is True
+    finally:
+        first.stop()
+    saved = json.loads(state.read_text())
+    assert saved["drained"] == [a.addr] and saved["theirs"] == {"x": 1}
+
+    second = RunningServer(config, tmp_path)
+    try:
+        assert upstream(second, a.addr)["state"] == "draining"
+        assert {backend_of(get(second)) for _ in range(4)} == {"b"}
+        row = second.call(lambda: second.core.enable_upstream(a.addr))
+        assert row["state"] == "up" and row["persisted"] is True
+        assert {backend_of(get(second)) for _ in range(4)} == {"a", "b"}
+    finally:
+        second.stop()
+    assert json.loads(state.read_text())["drained"] == []
+
+    third = RunningServer(config, tmp_path)
+    try:
+        assert upstream(third, a.addr)["state"] == "up"
+    finally:
+        third.stop()
+
+
+def test_enable_after_a_passive_down_persists_nothing(backends, tmp_path):
+    live = backends(name="live")
+    dead = f"127.0.0.1:{dead_port()}"
+    state = tmp_path / "state.json"
+    config = _proxy_config(free_port(), state, dead, live.addr, max_fails=1, fail_timeout=30)
+    server = RunningServer(config, tmp_path)
+    try:
+        server.call(lambda: server.core.drain_upstream(live.addr))
+        assert get(server).status == 502  # only the dead one left: refused, now down
+        assert upstream(server, dead)["state"] == "down"
+        assert server.call(lambda: server.core.enable_upstream(dead))["state"] == "up"
+        assert json.loads(state.read_text())["drained"] == [live.addr]
+    finally:
+        server.stop()
+    server = RunningServer(config, tmp_path)
+    try:
+        assert upstream(server, dead)["state"] == "up"
+        assert upstream(server, live.addr)["state"] == "draining"
+    finally:
+        server.stop()
+
+
+def test_a_drain_is_reapplied_when_a_reload_brings_the_upstream_back(backends, tmp_path):
+    a, b = backends(name="a"), backends(name="b")
+    port = free_port()
+    state = tmp_path / "state.json"
+
+    def config(*addrs: str):
+        return parse_config(_proxy_config(port, state, *addrs), str(tmp_path))
+
+    server = RunningServer(_proxy_config(port, state, a.addr, b.addr), tmp_path)
+    core = server.core
+    try:
+        server.call(lambda: core.drain_upstream(a.addr))
+        server.call(lambda: core.apply(config(b.addr)))
+        assert [u["addr"] for u in server.call(core.upstreams_snapshot)] == [b.addr]
+        server.call(lambda: core.apply(config(a.addr, b.addr)))
+        assert upstream(server, a.addr)["state"] == "draining"
+        assert {backend_of(get(server)) for _ in range(4)} == {"b"}
+        # Gone from the config again: its drain can still be forgotten by its name.
+        server.call(lambda: core.apply(config(b.addr)))
+        assert server.call(lambda: core.enable_upstream(a.addr))["state"] == "unknown"
+        assert json.loads(state.read_text())["drained"] == []
+        with pytest.raises(KeyError):
+            server.call(lambda: core.enable_upstream(a.addr))
+        server.call(lambda: core.apply(config(a.addr, b.addr)))
+        assert upstream(server, a.addr)["state"] == "up"
+    finally:
+        server.stop()

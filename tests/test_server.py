@@ -106,23 +106,24 @@ def test_port_in_use_is_a_clear_error(tmp_path, site):
 
 
 def test_sigterm_finishes_in_flight_response_and_exits_0(spawn, site):
+    # Bigger than what loopback socket buffers hold, so most of it is still the server's to
+    # send when the signal arrives.
+    (site / "huge.bin").write_bytes(bytes(range(256)) * (64 << 10 << 2))  # 64 MiB
     port = free_port()
     proc, _ = spawn(
         server_config(port, [{"req_path": "/", "type": "file_serve", "dir_path": str(site)}])
     )
     sock = connect(port)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-    received = bytearray(sock.recv(8192))
+    sock.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = bytearray(sock.recv(65536))
     proc.send_signal(signal.SIGTERM)
     wait_until(lambda: not accepts(port))  # listeners close first
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
+    assert proc.poll() is None  # ...while the response in flight keeps the server up
+    while chunk := sock.recv(1 << 20):
         received += chunk
     _, _, body = bytes(received).partition(b"\r\n\r\n")
-    assert body == (site / "big.bin").read_bytes()
+    assert len(body) == 64 << 20
+    assert body == (site / "huge.bin").read_bytes()
     assert proc.wait(10) == 0
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from xps_server.accesslog import AccessLog
 from xps_server.config import Config, ConfigError, Route, load_config
 from xps_server.core.loop import Loop
-from xps_server.core.runtime import Runtime
+from xps_server.core.runtime import Runtime, route_key
 from xps_server.core.session import Session
 from xps_server.disk.file import FileCache, serve_file
 from xps_server.disk.gzip import GzipCache
@@ -38,11 +38,6 @@ from xps_server.network.upstream import UpstreamRegistry
 log = logging.getLogger("xps.core")
 
 RouteHandler = Callable[..., None]
-
-
-def route_key(server_index: int, req_path: str) -> str:
-    """How operators name a route: its req_path, prefixed by the server index past the first."""
-    return req_path if server_index == 0 else f"{server_index}:{req_path}"
 
 
 class Core:
@@ -71,7 +66,7 @@ class Core:
         self._next_session_id = 0
         self._shutdown_timer = None
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
-        # Operator changes (blocks, gzip toggles) from the state file, applied over the config.
+        # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
         self.runtime = Runtime(self)
         self.runtime.attach(config)
 
@@ -207,12 +202,13 @@ class Core:
         return self.upstreams.snapshot()
 
     def drain_upstream(self, addr: str) -> dict:
-        """Take `host:port` out of rotation; requests in flight finish. KeyError if unknown."""
-        return self.upstreams.drain(addr)
+        """Take `host:port` out of rotation; requests in flight finish. KeyError if unknown.
+        Kept in state_file: a drain survives reloads and restarts."""
+        return self.runtime.drain_upstream(addr)
 
     def enable_upstream(self, addr: str) -> dict:
         """Put `host:port` back in rotation (undoes a drain or a passive-health down)."""
-        return self.upstreams.enable(addr)
+        return self.runtime.enable_upstream(addr)
 
     def acl_snapshot(self) -> dict:
         """The runtime block list and each route's config lists."""

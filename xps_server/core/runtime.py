@@ -1,11 +1,13 @@
-"""Operator changes layered over the config: IP blocks and gzip toggles, kept in `state_file`.
+"""Operator changes layered over the config: IP blocks, gzip toggles and upstream drains,
+kept in `state_file`.
 
 The core exposes these as plain methods (`Core.block`, `unblock`, `blocks`, `set_gzip`,
-`routes`) that run on the loop thread and return JSON-able dicts; bad input raises
-`CommandError` with a message meant for the operator. Every change is applied at once (route
-access checks rebuilt, a global block closing that address's open connections) and written to
-the state file atomically, and the state is read back when the core starts, so blocks and
-toggles survive a restart or a crash.
+`drain_upstream`, `enable_upstream`, `routes`) that run on the loop thread and return JSON-able
+dicts; bad input raises `CommandError` with a message meant for the operator. Every change is
+applied at once (route access checks rebuilt, a global block closing that address's open
+connections, a drained upstream taken out of rotation) and written to the state file
+atomically, and the state is read back when the core starts and reapplied on every reload, so
+blocks, toggles and drains survive a restart or a crash.
 
 Routes are named by their `req_path` in the first server (``"/api"``) and by
 ``"N:req_path"`` in `servers[N]` (``"1:/api"``); ``"0:/api"`` is accepted for ``"/api"``.
@@ -34,17 +36,21 @@ class CommandError(ValueError):
 
 
 def route_key(server_index: int, req_path: str) -> str:
+    """How operators name a route: its req_path, prefixed by the server index past the first."""
     return req_path if server_index == 0 else f"{server_index}:{req_path}"
 
 
 class Runtime:
-    """The runtime layer of one core: block list, gzip overrides, their persistence."""
+    """The runtime layer of one core: block list, gzip overrides, drains, their persistence."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
         self.blocklist = BlockList()
         self.gzip_overrides: dict[str, bool] = {}
         self._config_gzip: dict[str, bool] = {}  # gzip_enable as the config file has it
+        # Upstream addresses the operator drained; kept while the config does not name them,
+        # so one coming back in a reload comes back drained.
+        self.drained: set[str] = set()
         self._lists: dict[int, tuple] = {}  # id(route) -> its compiled config lists
         self._other: dict[str, Any] = {}  # state sections owned by others: kept as they are
         self._timer = core.loop.timer(self._expire)
@@ -52,7 +58,8 @@ class Runtime:
 
     # --- config -------------------------------------------------------------------------------
     def attach(self, config: Config) -> None:
-        """Compile every route's access check and apply gzip overrides (start and reload)."""
+        """Compile every route's access check, apply gzip overrides and drains (start and
+        reload; the core's upstream registry is configured for `config` first)."""
         lists: dict[int, tuple] = {}
         self._config_gzip = {}
         for index, server in enumerate(config.servers):
@@ -67,6 +74,11 @@ class Runtime:
                     route.gzip_enable = self.gzip_overrides[key]
         self._lists = lists
         self._apply_access(config)
+        upstreams = self.core.upstreams
+        for addr in self.drained:
+            state = upstreams.get(addr)
+            if state is not None:
+                state.drain()  # a no-op for one still draining from before the reload
 
     def _apply_access(self, config: Config) -> None:
         route_sets = self.blocklist.route_sets
@@ -188,6 +200,32 @@ class Runtime:
             "persisted": self._persisted,
         }
 
+    # --- upstreams ----------------------------------------------------------------------------
+    def drain_upstream(self, addr: str) -> dict[str, Any]:
+        """Take an upstream out of rotation (KeyError if unknown) and remember it."""
+        row = self.core.upstreams.drain(addr)
+        self.drained.add(row["addr"])
+        self._save()
+        log.info("upstream %s drained", row["addr"])
+        row["persisted"] = self._persisted
+        return row
+
+    def enable_upstream(self, addr: str) -> dict[str, Any]:
+        """Put an upstream back in rotation: undoes a drain (forgotten in the state file too) or
+        a passive-health down (never persisted). An address the config no longer names can
+        still have its drain forgotten; any other unknown address is a KeyError."""
+        upstreams = self.core.upstreams
+        if addr in self.drained and addr not in upstreams:
+            row: dict[str, Any] = {"addr": addr, "state": "unknown"}
+        else:
+            row = upstreams.enable(addr)
+        if addr in self.drained:
+            self.drained.discard(addr)
+            self._save()
+            log.info("upstream %s enabled", addr)
+        row["persisted"] = self._persisted
+        return row
+
     # --- listing ------------------------------------------------------------------------------
     def acl_routes(self) -> list[dict[str, Any]]:
         """Per route: its config lists and its runtime blocks (only routes with any)."""
@@ -227,6 +265,7 @@ class Runtime:
         data = dict(self._other)
         data["blocks"] = self.blocklist.to_json()
         data["gzip"] = dict(self.gzip_overrides)
+        data["drained"] = sorted(self.drained)
         try:
             save_state(path, data)
         except OSError as exc:
@@ -250,6 +289,15 @@ class Runtime:
             self.gzip_overrides = {k: v for k, v in gzip.items() if isinstance(v, bool)}
         else:
             problems.append("gzip: expected an object")
+        drained = data.pop("drained", [])
+        if isinstance(drained, list):
+            for index, addr in enumerate(drained):
+                if isinstance(addr, str) and addr.rpartition(":")[2].isdecimal():
+                    self.drained.add(addr)
+                else:
+                    problems.append(f"drained[{index}]: expected 'host:port', got {addr!r}")
+        else:
+            problems.append("drained: expected a list of 'host:port'")
         data.pop("version", None)
         self._other = data
         for problem in problems:

@@ -144,7 +144,9 @@ class Session:
             self.close_after = True  # its request was handled before the drain: close after it
             return
         if self.parser.in_message:
-            return  # `handle` sees core.draining and closes after answering this one
+            # `handle` (a head still arriving) or the end of this message (a request already
+            # answered) sees core.draining and closes after it.
+            return
         self.close_after = True
         if not self.conn.out.items:
             self.conn.close()
@@ -190,6 +192,8 @@ class Session:
             if event is END_OF_MESSAGE:
                 self.phase = IDLE
                 self.body_done = True
+                if self.core.draining:
+                    self.close_after = True
                 if producer is not None:
                     producer.on_body_end()
             elif type(event) is Request:

@@ -1,4 +1,4 @@
-"""The state file: runtime changes (blocks, gzip toggles, ...) that must survive a restart.
+"""The state file: runtime changes (blocks, gzip toggles, drains) that survive a restart.
 
 One JSON object, one key per feature. Writes are atomic: a temporary file beside the target
 is written and fsync'ed, renamed over it, and the folder fsync'ed, so a crash leaves either

@@ -16,17 +16,35 @@ What can go wrong, and what the client sees:
   connection once the response has started;
 - an upstream that breaks the protocol or closes mid-response: 502, or a closed connection.
 Failures (not a dead pooled connection) count toward the upstream's passive health.
+
+On a route with gzip on, a 200 whose type is compressible (and that the upstream did not
+encode itself, nor mark `no-transform`, nor announce under 256 bytes) gets
+`Vary: Accept-Encoding`; when the client also accepts gzip the body goes through a
+`GzipEncoder` as it arrives and out chunked (HTTP/1.0: until the close), without
+Content-Length or Accept-Ranges, its strong ETag given a ``-gzip`` suffix. What the encoder
+holds is flushed whenever the upstream has nothing more for the moment, and at most
+`STREAM_TURN` upstream bytes are compressed per loop turn.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
+from xps_server.disk.gzip import MIN_LENGTH as GZIP_MIN_LENGTH
+from xps_server.disk.gzip import (
+    STREAM_TURN,
+    GzipEncoder,
+    accepts_gzip,
+    chunk,
+    compressible,
+    gzip_etag,
+)
 from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, Data, ParseError
 from xps_server.http.response import CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE
-from xps_server.http.response_parser import CHUNKED, UNTIL_CLOSE, Response
+from xps_server.http.response_parser import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Response
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -54,6 +72,11 @@ LAST_CHUNK = b"0\r\n\r\n"
 CHUNKED_FIELD = b"Transfer-Encoding: chunked\r\n"
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 _STATUS_LINES_MAX = 512  # upstreams choose reason phrases: bound what is cached
+# Fields a compressed body replaces or invalidates; Vary is rewritten on every gzip candidate.
+_GZIP_DROP = frozenset(("content-length", "accept-ranges", "etag", "vary"))
+_VARY_DROP = frozenset(("vary",))
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
+_WEAK_ETAG = re.compile(r'W/"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
 
 
 def _connection_options(value: str | None) -> frozenset[str]:
@@ -111,17 +134,60 @@ def _status_line(status: int, reason: str) -> bytes:
     return line
 
 
-def _fields(response: Response) -> bytes:
-    """The response's header lines minus the hop-by-hop ones, as received otherwise."""
-    drop = HOP_BY_HOP
+def _fields(response: Response, more: str = "", drop_also: frozenset[str] = frozenset()) -> bytes:
+    """The response's header lines minus the hop-by-hop ones (and `drop_also`), as received
+    otherwise; then the lines of `more`."""
+    drop = (HOP_BY_HOP | drop_also) if drop_also else HOP_BY_HOP
     connection = response.headers.get("connection")
     if connection is not None:
         options = _connection_options(connection)
         if options:
             drop = drop | options
-    return "".join(
-        [f"{n}: {v}\r\n" for n, v in response.raw_headers if n.lower() not in drop]
-    ).encode("latin-1")
+    lines = [f"{n}: {v}\r\n" for n, v in response.raw_headers if n.lower() not in drop]
+    if more:
+        lines.append(more)
+    return "".join(lines).encode("latin-1")
+
+
+def _gzip_candidate(response: Response, route: Route) -> bool:
+    """Whether gzip applies to this upstream response on a gzip route (as for files: a 200 of
+    a compressible type, not tiny; plus: not encoded upstream, not marked no-transform)."""
+    if response.status != 200 or response.framing == NO_BODY:
+        return False  # NO_BODY: the answer to a HEAD
+    headers = response.headers
+    if "content-encoding" in headers:
+        return False
+    if response.framing == LENGTH and response.content_length < GZIP_MIN_LENGTH:
+        return False
+    mime = headers.get("content-type")
+    if mime is None or not compressible(mime.partition(";")[0].strip(" \t").lower(), route):
+        return False
+    cache_control = headers.get("cache-control")
+    return cache_control is None or "no-transform" not in cache_control.lower()
+
+
+def _vary_line(response: Response) -> str:
+    """The upstream's Vary (all its fields as one) with Accept-Encoding added if missing."""
+    vary = response.headers.get("vary", "").strip(" \t")
+    if not vary:
+        return "Vary: Accept-Encoding\r\n"
+    tokens = {token.strip(" \t").lower() for token in vary.split(",")}
+    if "*" in tokens or "accept-encoding" in tokens:
+        return f"Vary: {vary}\r\n"
+    return f"Vary: {vary}, Accept-Encoding\r\n"
+
+
+def _gzip_etag_line(response: Response) -> str:
+    """The ETag of the gzip variant: a strong tag gets -gzip inside its quotes (a different
+    representation), a weak one stays (equivalent content); anything malformed is dropped."""
+    etag = response.headers.get("etag")
+    if etag is None:
+        return ""
+    if _STRONG_ETAG(etag):
+        return f"ETag: {gzip_etag(etag)}\r\n"
+    if _WEAK_ETAG(etag):
+        return f"ETag: {etag}\r\n"
+    return ""
 
 
 def serve_proxy(session: Session, request: Request, route: Route, path: str) -> None:
@@ -145,6 +211,10 @@ class ProxyStream:
         "conn",
         "connect_timeout",
         "done",
+        "encoder",
+        "gz_fed",
+        "gz_scheduled",
+        "gz_turn",
         "head",
         "loop",
         "read_timeout",
@@ -185,6 +255,10 @@ class ProxyStream:
         self.rechunk = False
         self.retried = False
         self.done = False
+        self.encoder: GzipEncoder | None = None  # set when the response body is compressed
+        self.gz_fed = False  # the encoder took bytes since its last flush
+        self.gz_turn = 0  # upstream bytes compressed in this loop turn
+        self.gz_scheduled = False  # `_gzip_turn` is posted
 
     # --- choosing an upstream -------------------------------------------------------------------
     def dispatch(self, data: bytes) -> None:
@@ -319,6 +393,13 @@ class ProxyStream:
             kind = type(event)
             if kind is Data:
                 data = event.data
+                encoder = self.encoder
+                if encoder is not None:
+                    self.gz_fed = True
+                    self.gz_turn += len(data)
+                    data = encoder.feed(data)
+                    if not data:
+                        continue  # never an empty chunk: it would end the body
                 self.body_bytes += len(data)
                 if self.rechunk:
                     data = b"%x\r\n%s\r\n" % (len(data), data)
@@ -341,6 +422,12 @@ class ProxyStream:
                     state.succeeded()
                 parts.append(self._client_head(event))
             elif event is END_OF_MESSAGE:
+                encoder = self.encoder
+                if encoder is not None:
+                    self.encoder = None
+                    tail = encoder.finish()  # never empty: at least the gzip trailer
+                    self.body_bytes += len(tail)
+                    parts.append(chunk(tail) if self.rechunk else tail)
                 if self.rechunk:
                     parts.append(LAST_CHUNK)
                 self._send(parts)
@@ -354,6 +441,10 @@ class ProxyStream:
             self._send(parts)
             if self.done:
                 return
+        if self.gz_fed and not self.gz_scheduled:
+            # Flush what the encoder holds once the upstream has nothing more this turn.
+            self.gz_scheduled = True
+            self.loop.call_soon(self._gzip_turn)
         client_out = self.session.conn.out
         if client_out.size >= client_out.threshold:
             # The client is behind: stop reading the upstream; the session's send timeout
@@ -363,19 +454,53 @@ class ProxyStream:
             self.session.arm_timer()
         else:
             conn.timer.reset(self.loop.now + self.read_timeout)
+            if self.gz_turn >= STREAM_TURN:
+                conn.pause_reading()  # enough compressing for one turn: the rest on the next
+
+    def _gzip_turn(self) -> None:
+        """Next loop turn of a compressed response: flush what the encoder holds (the upstream
+        idles, so the client gets everything so far), and read on if this turn's budget
+        paused the upstream."""
+        self.gz_scheduled = False
+        self.gz_turn = 0
+        encoder = self.encoder
+        if self.done or encoder is None:
+            return
+        if self.gz_fed:
+            self.gz_fed = False
+            data = encoder.flush()
+            if data:
+                self.body_bytes += len(data)
+                self._send([chunk(data) if self.rechunk else data])
+                if self.done:
+                    return
+        conn = self.conn
+        client_out = self.session.conn.out
+        if conn is not None and conn.read_paused and client_out.size < client_out.threshold:
+            self.resume()
 
     def _send(self, parts: list[bytes]) -> None:
         # A failed send closes the client, which aborts us: callers check `done` after.
         self.session.conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _client_head(self, response: Response) -> bytes:
-        """The upstream's status and fields minus hop-by-hop ones, plus Server, Date, framing
-        and our Connection."""
+        """The upstream's status and fields minus hop-by-hop ones (with Vary, and rewritten for
+        a compressed body, when gzip applies), plus Server, Date, framing and our Connection."""
         session = self.session
         self.status = response.status
         headers = response.headers
+        fields = None
+        route = self.route
+        if route.gzip_enable and _gzip_candidate(response, route):
+            if accepts_gzip(self.request.headers):
+                self.encoder = GzipEncoder(route.gzip_level)
+                session.core.stats.gzip_responses += 1
+                more = _vary_line(response) + _gzip_etag_line(response)
+                fields = _fields(response, more + "Content-Encoding: gzip\r\n", _GZIP_DROP)
+            else:
+                fields = _fields(response, _vary_line(response), _VARY_DROP)
         framing = response.framing
-        if framing in (CHUNKED, UNTIL_CLOSE):
+        if framing in (CHUNKED, UNTIL_CLOSE) or self.encoder is not None:
             if self.request.version == "1.1":
                 self.rechunk = True
             else:
@@ -384,7 +509,7 @@ class ProxyStream:
         return b"".join(
             (
                 _status_line(response.status, response.reason),
-                _fields(response),
+                _fields(response) if fields is None else fields,
                 b"" if "server" in headers else b"Server: %s\r\n" % responder.server_name.encode(),
                 b"" if "date" in headers else responder.date_line(),
                 CHUNKED_FIELD if self.rechunk else b"",

@@ -114,7 +114,7 @@ class UpstreamConnection(Connection):
             self.handler.on_timeout()
 
     def close(self) -> None:
-        self.timer.cancel()
+        self.timer.close()
         Connection.close(self)
 
     # --- handler of a pooled, idle connection: nothing should happen, so anything closes it ---
