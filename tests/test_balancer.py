@@ -21,7 +21,7 @@ def loop():
 
 @pytest.fixture
 def states(loop):
-    bus = EventBus()
+    bus = EventBus(loop)
     return [UpstreamState(loop, bus, "127.0.0.1", 9000 + i) for i in range(4)]
 
 
@@ -91,7 +91,7 @@ def test_ip_hash_moves_on_when_the_pick_is_down(loop, states):
 
 
 def test_passive_health_window_and_recovery(loop):
-    bus = EventBus()
+    bus = EventBus(loop)
     events = bus.subscribe()
     state = UpstreamState(loop, bus, "127.0.0.1", 9000)
     state.failed("refused", max_fails=2, fail_timeout=5)
@@ -112,7 +112,7 @@ def test_passive_health_window_and_recovery(loop):
 
 
 def test_failures_outside_the_window_do_not_add_up(loop):
-    state = UpstreamState(loop, EventBus(), "127.0.0.1", 9000)
+    state = UpstreamState(loop, EventBus(loop), "127.0.0.1", 9000)
     state.failed("x", max_fails=2, fail_timeout=1)
     loop.now += 1.5
     state.failed("x", max_fails=2, fail_timeout=1)
@@ -120,7 +120,7 @@ def test_failures_outside_the_window_do_not_add_up(loop):
 
 
 def test_max_fails_zero_never_marks_down(loop):
-    state = UpstreamState(loop, EventBus(), "127.0.0.1", 9000)
+    state = UpstreamState(loop, EventBus(loop), "127.0.0.1", 9000)
     for _ in range(10):
         state.failed("x", max_fails=0, fail_timeout=10)
     assert state.status == "up" and state.failures == 10
@@ -137,7 +137,7 @@ def test_registry_shares_states_between_routes_and_keeps_them_over_reloads(loop)
         data = {"servers": [{"listeners": [{"host": "127.0.0.1", "port": 1}], "routes": routes}]}
         return parse_config(data, "/")
 
-    registry = UpstreamRegistry(loop, EventBus())
+    registry = UpstreamRegistry(loop, EventBus(loop))
     first = config(["127.0.0.1:9001", "localhost:9002"], [{"addr": "127.0.0.1:9001", "weight": 2}])
     registry.configure(first)
     assert sorted(registry) == ["127.0.0.1:9001", "localhost:9002"]

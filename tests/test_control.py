@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import Client, free_port, server_config, wait_until
 from xps_server.control import CommandAPI, ControlServer
-from xps_server.events import EventBus, RequestFinished
+from xps_server.core.loop import Loop
+from xps_server.events import EventBus, OperatorAction, RequestFinished
 
 
 class LineClient:
@@ -163,17 +164,39 @@ def test_submit_crosses_threads(control):
 
 
 def test_bus_drops_oldest_and_counts():
-    bus = EventBus()
+    loop = Loop()
+    bus = EventBus(loop)
     assert not bus.active
     sub = bus.subscribe(maxlen=3)
-    assert bus.active
+    assert bus.active and bus.traffic
     for i in range(5):
-        bus.publish(RequestFinished(time.time(), i, "ip", "GET", "/", "/", 200, 0, 0.0))
+        bus.publish_traffic(RequestFinished(time.time(), i, "ip", "GET", "/", "/", 200, 0, 0.0))
     assert sub.dropped == 2
     assert bus.dropped == 2
     assert [e.session for e in sub.take()] == [2, 3, 4]
     sub.close()
     assert not bus.active
+    loop.close()
+
+
+def test_rate_limited_bus_builds_no_traffic_events_past_the_rate():
+    loop = Loop()
+    bus = EventBus(loop)
+    sub = bus.subscribe(max_rate=40)  # two traffic events per 50 ms refill
+    finished = [
+        RequestFinished(time.time(), i, "ip", "GET", "/", "/", 200, 0, 0.0) for i in range(2)
+    ]
+    bus.publish_traffic(finished[0])
+    assert bus.traffic
+    bus.publish_traffic(finished[1])
+    assert not bus.traffic  # what publishers check before building one
+    bus.skipped += 3  # ...and count instead
+    bus.publish(OperatorAction(time.time(), "block", {}, True, ""))  # rare events still pass
+    assert [e.kind for e in sub.take()] == ["request_finished"] * 2 + ["operator_action"]
+    loop.now += 0.06
+    loop._run_timers()  # the refill
+    assert bus.traffic and sub.dropped == 3
+    loop.close()
 
 
 def test_stale_socket_file_is_replaced_and_a_live_one_refused(start_server, site, tmp_path):

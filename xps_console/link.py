@@ -102,7 +102,7 @@ class EmbeddedLink(Link):
             except OSError:
                 core.close()
                 raise
-        self.subscription = core.bus.subscribe(self._queue)
+        self.subscription = core.bus.subscribe(self._queue, SUBSCRIBE_MAX_RATE)
         gc.freeze()  # long-lived objects out of the collector's full passes (see xps_server.cli)
         self.thread = threading.Thread(target=self._run, name="xps-loop", daemon=True)
         self.thread.start()

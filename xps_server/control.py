@@ -283,8 +283,9 @@ class ControlClient:
         self.reply(reply)
 
     def set_subscribed(self, on: bool, args: object) -> dict:
-        """`max_rate` (events/s) bounds what this peer costs the loop: past it, events wait in a
-        queue of one second's worth and the oldest are dropped (and counted)."""
+        """`max_rate` (events/s) bounds what this peer costs the loop: past it, traffic events
+        are not even built for it, the rest wait in a queue of one second's worth (oldest
+        dropped), and every loss is counted."""
         try:
             max_rate = _arg(args if isinstance(args, dict) else {}, "max_rate", int, 0)
         except CommandError as exc:
@@ -294,7 +295,7 @@ class ControlClient:
             self.subscription = None
         if on:
             queue = min(SUBSCRIBER_QUEUE, max_rate) if max_rate > 0 else SUBSCRIBER_QUEUE
-            self.subscription = self.server.core.bus.subscribe(queue)
+            self.subscription = self.server.core.bus.subscribe(queue, max_rate)
             self.batch = max(1, int(max_rate * EVENT_FLUSH_INTERVAL)) if max_rate > 0 else 2000
         return {"ok": True, "result": {"subscribed": on, "max_rate": max_rate or None}}
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xps_server.core.loop import Loop
 
 DEFAULT_QUEUE = 10_000
 
@@ -120,32 +124,21 @@ class ConfigReloaded(Event):
     kind = "config_reloaded"
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls
-    for cls in (
-        ConnectionOpened,
-        ConnectionClosed,
-        RequestFinished,
-        Timeout,
-        AclDenied,
-        UpstreamConnected,
-        UpstreamFailed,
-        UpstreamHealthChanged,
-        OperatorAction,
-        ConfigReloaded,
-    )
-}
-
-
 class Subscription:
-    """One consumer's bounded queue; `take` may run on any thread (deque ops are atomic)."""
+    """One consumer's bounded queue; `take` may run on any thread (deque ops are atomic).
 
-    __slots__ = ("_bus", "dropped", "queue")
+    With `max_rate`, at most that many traffic events (connections, requests) a second are
+    built for it; the rest are counted in `dropped`. Rare events always get through.
+    """
 
-    def __init__(self, bus: EventBus, maxlen: int) -> None:
+    __slots__ = ("_bus", "dropped", "max_rate", "queue", "tokens")
+
+    def __init__(self, bus: EventBus, maxlen: int, max_rate: int) -> None:
         self._bus = bus
         self.queue: deque[Event] = deque(maxlen=maxlen)
         self.dropped = 0
+        self.max_rate = max_rate
+        self.tokens = _tokens(max_rate)
 
     def take(self, limit: int = 1_000_000) -> list[Event]:
         """Up to `limit` events, oldest first."""
@@ -162,25 +155,62 @@ class Subscription:
         self._bus.unsubscribe(self)
 
 
+REFILL_INTERVAL = 0.05  # seconds between token refills of rate-limited subscriptions
+
+
+def _tokens(max_rate: int) -> int:
+    return max(1, int(max_rate * REFILL_INTERVAL))
+
+
 class EventBus:
-    """Fan-out of events to subscriptions; owned by the core, published to on the loop thread."""
+    """Fan-out of events to subscriptions; owned by the core, published to on the loop thread.
 
-    def __init__(self) -> None:
+    Publishers check `active` (someone listens) before building an event, and `traffic`
+    before building a connection or request event: it is False while every subscription is
+    rate-limited and out of tokens, and the event is then only counted in `skipped`.
+    """
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
         self._subscriptions: tuple[Subscription, ...] = ()
+        self._refill = loop.timer(self._on_refill)
         self.active = False
+        self.traffic = False
         self.published = 0
+        self.skipped = 0  # traffic events not built while `traffic` was False
 
-    def subscribe(self, maxlen: int = DEFAULT_QUEUE) -> Subscription:
-        sub = Subscription(self, maxlen)
+    def subscribe(self, maxlen: int = DEFAULT_QUEUE, max_rate: int = 0) -> Subscription:
+        """A new subscription (call on the loop thread, or before the loop runs)."""
+        sub = Subscription(self, maxlen, max_rate)
         self._subscriptions = (*self._subscriptions, sub)
-        self.active = True
+        self._changed()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscriptions = tuple(s for s in self._subscriptions if s is not sub)
-        self.active = bool(self._subscriptions)
+        self._changed()
+
+    def _changed(self) -> None:
+        subs = self._subscriptions
+        self.active = bool(subs)
+        self.traffic = any(s.max_rate == 0 or s.tokens > 0 for s in subs)
+        if any(s.max_rate for s in subs):
+            if self._refill.deadline is None:
+                self._refill.reset(self._loop.now + REFILL_INTERVAL)
+        else:
+            self._refill.cancel()
+
+    def _on_refill(self) -> None:
+        skipped = self.skipped
+        self.skipped = 0
+        for sub in self._subscriptions:
+            if sub.max_rate:
+                sub.dropped += skipped  # `traffic` was False: none of them got these
+                sub.tokens = _tokens(sub.max_rate)
+        self._changed()
 
     def publish(self, event: Event) -> None:
+        """Deliver to every subscription; a full queue drops its oldest event."""
         self.published += 1
         for sub in self._subscriptions:
             queue = sub.queue
@@ -188,6 +218,25 @@ class EventBus:
                 sub.dropped += 1  # the deque's maxlen pushes the oldest out
             queue.append(event)
 
+    def publish_traffic(self, event: Event) -> None:
+        """Deliver a connection or request event, within each subscription's rate."""
+        self.published += 1
+        open_any = False
+        for sub in self._subscriptions:
+            if sub.max_rate:
+                if sub.tokens <= 0:
+                    sub.dropped += 1
+                    continue
+                sub.tokens -= 1
+                open_any = open_any or sub.tokens > 0
+            else:
+                open_any = True
+            queue = sub.queue
+            if len(queue) == queue.maxlen:
+                sub.dropped += 1
+            queue.append(event)
+        self.traffic = open_any
+
     @property
     def dropped(self) -> int:
-        return sum(s.dropped for s in self._subscriptions)
+        return sum(s.dropped for s in self._subscriptions) + self.skipped

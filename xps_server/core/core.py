@@ -50,7 +50,7 @@ class Core:
         self.files = FileCache()
         self.stats = Stats()
         self.gzip_cache = GzipCache()
-        self.bus = EventBus()
+        self.bus = EventBus(self.loop)
         # Upstream health, pools and balancers, by "host:port"; shared by routes naming it.
         self.upstreams = UpstreamRegistry(self.loop, self.bus)
         self.upstreams.configure(config)
@@ -112,12 +112,15 @@ class Core:
         session = Session(self, listener, conn, self._next_session_id)
         self.sessions[session.id] = session
         conn.start(session)
-        if self.bus.active:
-            self.bus.publish(
+        bus = self.bus
+        if bus.traffic:
+            bus.publish_traffic(
                 ConnectionOpened(
                     time.time(), session.id, peer[0], peer[1], f"{listener.host}:{listener.port}"
                 )
             )
+        elif bus.active:
+            bus.skipped += 1  # every subscriber is at its max_rate
 
     def session_closed(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None:
@@ -126,8 +129,9 @@ class Core:
             conn = session.conn
             stats.traffic_recv_bytes += conn.bytes_in
             stats.traffic_send_bytes += conn.bytes_out
-            if self.bus.active:
-                self.bus.publish(
+            bus = self.bus
+            if bus.traffic:
+                bus.publish_traffic(
                     ConnectionClosed(
                         time.time(),
                         session.id,
@@ -138,6 +142,8 @@ class Core:
                         round((self.loop.now - session.opened) * 1000, 3),
                     )
                 )
+            elif bus.active:
+                bus.skipped += 1
         if self.draining and not self.sessions:
             self.loop.stop()
 
@@ -150,9 +156,10 @@ class Core:
         access_log = self.access_log
         if access_log is not None:
             access_log.log(session, status, body_bytes)
-        if self.bus.active:
+        bus = self.bus
+        if bus.traffic:
             request = session.request
-            self.bus.publish(
+            bus.publish_traffic(
                 RequestFinished(
                     time.time(),
                     session.id,
@@ -165,6 +172,8 @@ class Core:
                     round(elapsed * 1000, 3),
                 )
             )
+        elif bus.active:
+            bus.skipped += 1
 
     def deny(self, session: Session, route: Route, path: str) -> None:
         """403 for a client the route's ACL or a runtime block refuses."""
