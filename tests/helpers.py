@@ -166,20 +166,43 @@ class Client:
         self.sock.close()
 
 
+def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (a reset counts as a close)."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def raw_exchange(port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
     """Send `data`, read until the server closes; for error paths that end the connection."""
     with connect(port, host) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return read_until_close(sock)
+
+
+def slow_client(server: RunningServer, buffer: int = 32768) -> socket.socket:
+    """A connection whose socket buffers (ours and the server's) are small, so what we do not
+    read stays in the server's pipe instead of hiding in the kernel."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    sock.settimeout(5)
+    sock.connect((server.host, server.port))
+    core = server.core
+    wait_until(lambda: server.call(lambda: len(core.sessions)) == 1)
+    server.call(
+        lambda: next(iter(core.sessions.values())).conn.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, buffer
+        )
+    )
+    return sock
 
 
 def status_of(raw: bytes) -> int:

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.helpers import Client, RunningServer, free_port, server_config, wait_until
+from tests.helpers import Client, RunningServer, free_port, server_config, slow_client, wait_until
 from xps_server.config import Route
 from xps_server.disk.gzip import (
     GzipCache,
@@ -167,17 +167,7 @@ def _stalled_stream(server, files, name="noise.txt"):
     """
     data = base64.encodebytes(os.urandom(4_500_000))
     (files / name).write_bytes(data)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-    sock.settimeout(5)
-    sock.connect(("127.0.0.1", server.port))
-    core = server.core
-    wait_until(lambda: server.call(lambda: len(core.sessions)) == 1)
-    server.call(
-        lambda: next(iter(core.sessions.values())).conn.sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 32768
-        )
-    )
+    sock = slow_client(server)
     sock.sendall(b"GET /%s HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n" % name.encode())
     return sock, data
 

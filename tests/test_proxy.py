@@ -11,7 +11,15 @@ import time
 import pytest
 
 from tests.backends import Backend, BackendConn, Req, echo, response
-from tests.helpers import Client, RunningServer, connect, free_port, server_config, wait_until
+from tests.helpers import (
+    Client,
+    RunningServer,
+    connect,
+    free_port,
+    read_until_close,
+    server_config,
+    wait_until,
+)
 from xps_server.config import parse_config
 from xps_server.network import upstream as upstream_module
 
@@ -59,20 +67,6 @@ def backend_of(res) -> str:
 
 def dead_port() -> int:
     return free_port()  # nothing listens there: connection refused
-
-
-def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def upstream(server, addr: str) -> dict:

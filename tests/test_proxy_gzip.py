@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from tests.backends import Backend, BackendConn, Req, response
-from tests.helpers import Client, connect, wait_until
+from tests.helpers import Client, connect, slow_client, wait_until
 from xps_server.http import proxy as proxy_module
 from xps_server.http.proxy import ProxyStream
 from xps_server.network.connection import RECV_SIZE
@@ -336,17 +336,7 @@ def test_compression_waits_for_a_slow_client(start_server):
     try:
         route = {"req_path": "/", "type": "reverse_proxy", "upstreams": [backend.addr]}
         server = start_server([{**route, "gzip_enable": True}], timeouts={"upstream_read": 5})
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", server.port))
-        core = server.core
-        wait_until(lambda: server.call(lambda: len(core.sessions)) == 1)
-        server.call(
-            lambda: next(iter(core.sessions.values())).conn.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_SNDBUF, 32768
-            )
-        )
+        sock = slow_client(server)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
 
         def held() -> int | None:

@@ -97,18 +97,9 @@ class Session:
             self.conn.close()
 
     def on_drain(self) -> None:
-        conn = self.conn
         if self.producer is not None:
             self.producer.resume()
-            if conn.closed:
-                return
-        if self.close_after and self.producer is None:
-            if not conn.out.items:
-                conn.close()
-            return
-        self.process()
-        if conn.read_paused and not conn.out.full() and not conn.closed:
-            conn.resume_reading()
+        self._continue()
 
     def on_close(self) -> None:
         self.timer.close()
@@ -240,20 +231,21 @@ class Session:
         """The producer has queued its whole response; take the next request."""
         self.producer = None
         self.finish(status, body_bytes)
-        self._stream_ended()
+        self._continue()
 
     def stream_failed(self, status: int) -> None:
         """The producer gave up before sending a byte: answer `status` (502, 504) instead."""
         self.producer = None
         request = self.request
         self.error(status, request is not None and request.method == "HEAD")
-        self._stream_ended()
+        self._continue()
 
-    def _stream_ended(self) -> None:
+    def _continue(self) -> None:
+        """Output drained or a response ended: close if that was the last, else take more."""
         conn = self.conn
         if conn.closed:
             return
-        if self.close_after:
+        if self.close_after and self.producer is None:
             if not conn.out.items:
                 conn.close()
             return
@@ -263,10 +255,7 @@ class Session:
 
     def resume_body(self) -> None:
         """The producer can take request body again."""
-        self.process()
-        conn = self.conn
-        if conn.read_paused and not conn.closed:
-            conn.resume_reading()
+        self._continue()
 
     def handle(self, request: Request) -> None:
         core = self.core
