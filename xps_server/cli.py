@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     loop = core.loop
 
-    def on_stop(signum: int, _frame: object) -> None:
+    def on_stop(_signum: int, _frame: object) -> None:
         loop.call_soon_threadsafe(lambda: core.shutdown(args.shutdown_timeout))
 
     def on_reload(_signum: int, _frame: object) -> None:

@@ -64,7 +64,6 @@ class Core:
             "metrics": serve_metrics,
         }
         self._next_session_id = 0
-        self._shutdown_timer = None
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
         self.runtime = Runtime(self)
@@ -294,7 +293,7 @@ class Core:
         if not self.sessions:
             self.loop.stop()
             return
-        self._shutdown_timer = self.loop.call_later(grace, self._force_stop)
+        self.loop.call_later(grace, self._force_stop)
 
     def _force_stop(self) -> None:
         for session in list(self.sessions.values()):

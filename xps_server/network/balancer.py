@@ -65,7 +65,7 @@ class Balancer:
         peers = self.peers
         if len(peers) == 1:
             state = peers[0].state
-            if state.draining or state.down_until > now or state in tried:
+            if state in tried or not state.available(now):
                 return None
             return state
         method = self.method
@@ -83,7 +83,7 @@ class Balancer:
         total = 0
         for peer in peers:
             state = peer.state
-            if state.draining or state.down_until > now or state in tried:
+            if state in tried or not state.available(now):
                 continue
             peer.current += peer.weight
             total += peer.weight
@@ -99,7 +99,7 @@ class Balancer:
         ties: list[Peer] = []
         for peer in self.peers:
             state = peer.state
-            if state.draining or state.down_until > now or state in tried:
+            if state in tried or not state.available(now):
                 continue
             if best is None:
                 best = peer
@@ -135,6 +135,6 @@ class Balancer:
                     break
                 w -= peer.weight
             state = peer.state
-            if not (state.draining or state.down_until > now or state in tried):
+            if state not in tried and state.available(now):
                 return state
         return self._round_robin(peers, now, tried)
