@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import Any
 from xps_server.config import load_config
 from xps_server.control import CommandAPI, ControlServer
 from xps_server.core.core import Core
+from xps_server.core.loop import tune_gc
 from xps_server.events import Subscription
 
 log = logging.getLogger("xps.console.link")
@@ -103,7 +103,7 @@ class EmbeddedLink(Link):
                 core.close()
                 raise
         self.subscription = core.bus.subscribe(self._queue, SUBSCRIBE_MAX_RATE)
-        gc.freeze()  # long-lived objects out of the collector's full passes (see xps_server.cli)
+        tune_gc()
         self.thread = threading.Thread(target=self._run, name="xps-loop", daemon=True)
         self.thread.start()
 

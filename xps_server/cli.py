@@ -7,7 +7,6 @@ the server cannot start (a port already taken, say). No traceback reaches the us
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import signal
 import sys
@@ -15,6 +14,7 @@ import sys
 from xps_server.config import ConfigError, load_config
 from xps_server.control import CommandAPI, ControlServer
 from xps_server.core.core import Core
+from xps_server.core.loop import tune_gc
 
 log = logging.getLogger("xps.cli")
 
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("listening on %s:%d", *key)
     if control is not None:
         log.info("control socket on %s", config.control_socket)
-    # Everything built so far (modules, config, caches) lives as long as the process: keep it
-    # out of the cyclic collector's full passes, which otherwise stall the loop.
-    gc.freeze()
+    tune_gc()
     try:
         loop.run()
     finally:
