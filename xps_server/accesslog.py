@@ -5,20 +5,21 @@
 
 The loop only formats a line (the time string is rebuilt once a second) and appends it to a
 list. The list goes to a writer thread as one batch when it passes `FLUSH_BYTES`, or a second
-after its first line; the writer appends the batch to the file (reopened per batch, so a
-rotated log is recreated, and its folder made if missing) or to stdout for ``-``. A disk
-that cannot keep up never stalls the loop: past `MAX_BATCHES` waiting batches, new ones are
-dropped and counted. `close` hands over what is left and waits for the writer.
+after its first line: appended to a deque (atomic, no lock) and announced on an eventfd the
+writer blocks on. The writer appends the batch to the file (reopened per batch, so a rotated
+log is recreated, and its folder made if missing) or to stdout for ``-``. A disk that cannot
+keep up never stalls the loop: past `MAX_BATCHES` waiting batches, new ones are dropped and
+counted. `close` hands over what is left and waits for the writer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._timer = loop.timer(self.flush)
-        self._queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(MAX_BATCHES)
+        self._batches: deque[tuple[bytes, int] | None] = deque()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC)  # blocking on the writer's side
         self._closed = False
         self._error_reported = False
         self._thread = threading.Thread(target=self._run, name="xps-access-log", daemon=True)
@@ -112,10 +114,11 @@ class AccessLog:
         self._buffer = []
         self._buffered = 0
         self._timer.cancel()
-        try:
-            self._queue.put_nowait((data, count))
-        except queue.Full:
+        if len(self._batches) >= MAX_BATCHES:
             self.dropped += count
+            return
+        self._batches.append((data, count))
+        os.eventfd_write(self._wake, 1)
 
     def close(self, wait: bool = True) -> None:
         """Flush and stop the writer; with `wait`, until it has written everything."""
@@ -123,11 +126,10 @@ class AccessLog:
             return
         self.flush()
         self._closed = True
-        try:
-            self._queue.put(None, timeout=CLOSE_TIMEOUT if wait else 0.001)
-        except queue.Full:
-            return  # the writer is wedged on the disk: it is a daemon thread, leave it
+        self._batches.append(None)
+        os.eventfd_write(self._wake, 1)
         if wait:
+            # A writer wedged on the disk is a daemon thread: after the timeout, leave it.
             self._thread.join(CLOSE_TIMEOUT)
 
     def stats(self) -> dict[str, int]:
@@ -138,23 +140,23 @@ class AccessLog:
 
     # --- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        get = self._queue.get
-        while True:
-            item = get()
-            if item is None:
-                return
-            batch = [item]
-            # Whatever else is waiting goes out in the same write.
+        batches = self._batches
+        try:
             while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
+                os.eventfd_read(self._wake)  # blocks until the loop hands something over
+                # Whatever is waiting goes out in one write.
+                batch = []
+                while batches:
+                    item = batches.popleft()
+                    if item is None:
+                        if batch:
+                            self._write(batch)
+                        return
+                    batch.append(item)
+                if batch:
                     self._write(batch)
-                    return
-                batch.append(more)
-            self._write(batch)
+        finally:
+            os.close(self._wake)
 
     def _write(self, batch: list[tuple[bytes, int]]) -> None:
         data = b"".join(data for data, _ in batch)
