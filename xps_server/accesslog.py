@@ -69,6 +69,7 @@ class AccessLog:
         self._timer = loop.timer(self.flush)
         self._batches: deque[tuple[bytes, int] | None] = deque()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC)  # blocking on the writer's side
+        self._closing = threading.Lock()
         self._closed = False
         self._error_reported = False
         self._thread = threading.Thread(target=self._run, name="xps-access-log", daemon=True)
@@ -126,8 +127,11 @@ class AccessLog:
             return
         self.flush()
         self._closed = True
-        self._batches.append(None)
-        os.eventfd_write(self._wake, 1)
+        # Taken once, at close: the writer must not close the eventfd between our append of
+        # the end marker and our write to it.
+        with self._closing:
+            self._batches.append(None)
+            os.eventfd_write(self._wake, 1)
         if wait:
             # A writer wedged on the disk is a daemon thread: after the timeout, leave it.
             self._thread.join(CLOSE_TIMEOUT)
@@ -156,7 +160,8 @@ class AccessLog:
                 if batch:
                     self._write(batch)
         finally:
-            os.close(self._wake)
+            with self._closing:
+                os.close(self._wake)
 
     def _write(self, batch: list[tuple[bytes, int]]) -> None:
         data = b"".join(data for data, _ in batch)
