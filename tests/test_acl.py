@@ -88,17 +88,17 @@ def test_parse_ip_folds_mapped_addresses_and_refuses_junk():
 
 
 def test_long_lists_are_not_scanned():
-    # 20,000 entries: a linear scan would take 20k x 20k comparisons; set probes take a few.
+    # 20,000 entries collapse into one hash set per prefix length present: a lookup probes
+    # one set per length (here one per family), never the list.
     nets = [f"10.{i >> 8 & 255}.{i & 255}.0/24" for i in range(10_000)]
     nets += [f"2001:db8::{i:x}/128" for i in range(10_000)]
-    access = Access(None, NetSet(nets))
+    netset = NetSet(nets)
+    assert [len(netset._tables[4]), len(netset._tables[6])] == [1, 1]
+    access = Access(None, netset)
     probes = [f"10.{i >> 8 & 255}.{i & 255}.9" for i in range(0, 20_000)]
-    start = time.perf_counter()
     verdicts = [access._decide(p) for p in probes]
-    elapsed = time.perf_counter() - start
     assert verdicts[:10_000] == [False] * 10_000
     assert verdicts[10_000:] == [True] * 10_000  # 10.39.16.9 and up are not listed
-    assert elapsed < 1.0, elapsed
 
 
 # --- route ACLs over real sockets -----------------------------------------------------------
