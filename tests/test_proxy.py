@@ -409,7 +409,9 @@ def test_idle_upstream_connections_are_reused(backends, proxy):
     assert row["idle"] == 1 and row["requests"] == 12 and row["active"] == 0
 
 
-def test_concurrent_requests_open_more_connections_then_reuse_them(backends, proxy):
+def held_in_parallel(backends, proxy, n: int) -> tuple[Backend, RunningServer, list[Client]]:
+    """n clients whose requests the backend holds until n upstream connections are open (so
+    the proxy had to open them at once), then answers; the clients have read their 200s."""
     release = threading.Event()
 
     def handler(req: Req, conn: BackendConn) -> None:
@@ -419,13 +421,18 @@ def test_concurrent_requests_open_more_connections_then_reuse_them(backends, pro
 
     backend = backends(handler)
     server = proxy(backend)
-    clients = [Client(server.port) for _ in range(3)]
+    clients = [Client(server.port) for _ in range(n)]
     for client in clients:
         client.send_raw(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_until(lambda: backend.accepts == 3)
+    wait_until(lambda: backend.accepts == n)
     release.set()
     for client in clients:
         assert client.read_response().status == 200
+    return backend, server, clients
+
+
+def test_concurrent_requests_open_more_connections_then_reuse_them(backends, proxy):
+    backend, server, clients = held_in_parallel(backends, proxy, 3)
     assert server.call(lambda: len(server.core.upstreams[backend.addr].idle)) == 3
     for client in clients:
         assert client.request("GET", "/").status == 200
@@ -436,21 +443,8 @@ def test_concurrent_requests_open_more_connections_then_reuse_them(backends, pro
 def test_pool_is_bounded_and_idle_connections_time_out(backends, proxy, monkeypatch):
     monkeypatch.setattr(upstream_module, "IDLE_PER_UPSTREAM", 2)
     monkeypatch.setattr(upstream_module, "IDLE_TIMEOUT", 0.3)
-    release = threading.Event()
-
-    def handler(req: Req, conn: BackendConn) -> None:
-        release.wait(10)
-        echo(req, conn)
-
-    backend = backends(handler)
-    server = proxy(backend)
-    clients = [Client(server.port) for _ in range(4)]
+    backend, server, clients = held_in_parallel(backends, proxy, 4)
     for client in clients:
-        client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_until(lambda: backend.accepts == 4)
-    release.set()
-    for client in clients:
-        assert client.read_response().status == 200
         client.close()
     assert upstream(server, backend.addr)["idle"] == 2  # the other two were closed
     wait_until(lambda: upstream(server, backend.addr)["idle"] == 0)  # then idle too long
