@@ -409,15 +409,22 @@ def test_idle_upstream_connections_are_reused(backends, proxy):
     assert row["idle"] == 1 and row["requests"] == 12 and row["active"] == 0
 
 
-def held_in_parallel(backends, proxy, n: int) -> tuple[Backend, RunningServer, list[Client]]:
-    """n clients whose requests the backend holds until n upstream connections are open (so
-    the proxy had to open them at once), then answers; the clients have read their 200s."""
-    release = threading.Event()
+def holding(release: threading.Event):
+    """A backend handler that answers /hold only once `release` is set, the rest at once."""
 
     def handler(req: Req, conn: BackendConn) -> None:
         if req.target == "/hold":
             release.wait(10)
         echo(req, conn)
+
+    return handler
+
+
+def held_in_parallel(backends, proxy, n: int) -> tuple[Backend, RunningServer, list[Client]]:
+    """n clients whose requests the backend holds until n upstream connections are open (so
+    the proxy had to open them at once), then answers; the clients have read their 200s."""
+    release = threading.Event()
+    handler = holding(release)
 
     backend = backends(handler)
     server = proxy(backend)
@@ -528,11 +535,7 @@ def test_weighted_round_robin(backends, proxy):
 
 def test_least_conn_avoids_the_busy_upstream(backends, proxy):
     release = threading.Event()
-
-    def handler(req: Req, conn: BackendConn) -> None:
-        if req.target == "/hold":
-            release.wait(10)
-        echo(req, conn)
+    handler = holding(release)
 
     a, b = backends(handler, name="a"), backends(handler, name="b")
     server = proxy(a, b, lb_method="least_conn")
@@ -799,11 +802,7 @@ def test_client_leaving_mid_response_closes_the_upstream_connection(backends, pr
 # --- operator: drain and enable -----------------------------------------------------------------
 def test_drain_lets_requests_in_flight_finish_and_sends_no_new_ones(backends, proxy):
     release = threading.Event()
-
-    def handler(req: Req, conn: BackendConn) -> None:
-        if req.target == "/hold":
-            release.wait(10)
-        echo(req, conn)
+    handler = holding(release)
 
     a, b = backends(handler, name="a"), backends(handler, name="b")
     server = proxy(a, b)
