@@ -165,6 +165,14 @@ def test_absolute_form(target, path, query, host):
     assert req.headers["host"] == "other"
 
 
+@pytest.mark.parametrize(
+    "host", ["a", "A.Example.COM.", "a-b_c.d~e:8080", "x:", "127.0.0.1:80", "[::1]", "[::1]:443"]
+)
+def test_valid_hosts(host):
+    req, _ = parse_one(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert req.host == host
+
+
 def test_options_asterisk():
     req, _ = parse_one(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
     assert (req.method, req.target, req.path, req.query) == ("OPTIONS", "*", "*", "")
@@ -440,6 +448,19 @@ BAD_REQUESTS = {
     "missing-host": b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
     "missing-host-absolute": b"GET http://h/ HTTP/1.1\r\n\r\n",
     "two-hosts": b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+    "host-empty": b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    "host-empty-http10": b"GET / HTTP/1.0\r\nHost: \r\n\r\n",
+    "host-comma-list": b"GET / HTTP/1.1\r\nHost: a.test, b.test\r\n\r\n",
+    "host-path": b"GET / HTTP/1.1\r\nHost: evil.test/x?y\r\n\r\n",
+    "host-space": b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "host-userinfo": b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "host-empty-label": b"GET / HTTP/1.1\r\nHost: a..b\r\n\r\n",
+    "host-port-letters": b"GET / HTTP/1.1\r\nHost: a:8o\r\n\r\n",
+    "host-port-superscript": b"GET / HTTP/1.1\r\nHost: a:8\xb2\r\n\r\n",
+    "host-unclosed-ipv6": b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    "absolute-host-path-chars": b"GET http://a.test\\x/ HTTP/1.1\r\n" + H + b"\r\n",
+    "absolute-host-comma": b"GET http://a.test,b.test/ HTTP/1.1\r\n" + H + b"\r\n",
+    "absolute-valid-host-bad": b"GET http://a.test/ HTTP/1.1\r\nHost: a/b\r\n\r\n",
     "cl-letters": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: abc\r\n\r\n",
     "cl-negative": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n",
     "cl-plus": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +1\r\n\r\n",
@@ -539,6 +560,12 @@ def field_values(draw) -> str:
     )
 
 
+# host[:port] values the parser accepts: names of non-empty labels, or IPv6 literals.
+hosts = st.from_regex(
+    r"([a-z0-9_-]{1,8}(\.[a-z0-9-]{1,8}){0,2}|\[[0-9a-f:]{2,12}\])(:[0-9]{1,5})?", fullmatch=True
+)
+
+
 @st.composite
 def targets(draw, method: str) -> tuple[str, str, str, str | None]:
     """(target, path, query, host from the URL)."""
@@ -550,7 +577,7 @@ def targets(draw, method: str) -> tuple[str, str, str, str | None]:
     target = path if query is None else f"{path}?{query}"
     if form != "absolute":
         return target, path, query or "", None
-    host = draw(st.from_regex(r"[a-z0-9][a-z0-9.-]{0,10}(:[0-9]{1,5})?", fullmatch=True))
+    host = draw(hosts)
     scheme = draw(st.sampled_from(["http", "https", "HTTP"]))
     return f"{scheme}://{host}{target}", path, query or "", host
 
@@ -569,7 +596,7 @@ def valid_requests(draw, line_ends: tuple[str, ...] = ("\r\n", "\n")) -> tuple[b
     ]
     host = None
     if v11 or draw(st.booleans()):
-        host = draw(st.from_regex(r"[a-z0-9.:-]{0,15}", fullmatch=True))
+        host = draw(hosts)
         fields.insert(
             draw(st.integers(0, len(fields))), (draw(st.sampled_from(["Host", "host"])), host)
         )

@@ -136,6 +136,13 @@ _CTL_ANY = re.compile(r"[\x00-\x1f\x7f]").search
 # Same minus tab, which field values may contain; line ends are already split off.
 _CTL_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
 _ABSOLUTE = re.compile(r"(?i:https?)://([^/?#]*)(/[^?]*)?(?:\?(.*))?").fullmatch
+# host[:port] as nginx accepts it: a name of letters, digits and "-._~" with no empty label, or
+# a bracketed IPv6 literal; then an optional port. No comma lists, paths, spaces or userinfo.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?"
+).fullmatch
+_VALID_HOSTS: set[str] = set()  # Host values seen valid: clients send few distinct ones
+_VALID_HOSTS_MAX = 1024
 
 # Lookups that skip the token regex for the names and methods almost every request uses.
 _COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"))
@@ -199,6 +206,15 @@ def _request_line(line: str) -> tuple[str, str, str, str, bool, str | None]:
     if not authority or "@" in authority:
         raise ParseError(400, "bad authority in absolute-form target")
     return method, target, path or "/", query or "", v11, authority
+
+
+def _check_host(host: str) -> None:
+    """400 unless `host` is one host[:port]; remember it as valid otherwise."""
+    if _HOST(host) is None:
+        raise ParseError(400, "invalid Host")
+    if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+        _VALID_HOSTS.clear()
+    _VALID_HOSTS.add(host)
 
 
 def _header_error(line: str, name: str, sep: str) -> ParseError:
@@ -518,7 +534,12 @@ class RequestParser(MessageParser):
             if v11:
                 raise ParseError(400, "missing Host header")
             host = ""
+        elif host not in _VALID_HOSTS:
+            _check_host(host)
         if url_host is not None:
+            # RFC 9112 §3.2.2: the target's authority wins over Host, for routing and upstream.
+            if url_host not in _VALID_HOSTS:
+                _check_host(url_host)
             host = url_host
 
         connection = headers.get("connection")
