@@ -32,6 +32,7 @@ class Stats:
         "conn_blocked",
         "conn_current",
         "conn_error",
+        "conn_reclaimed",
         "conn_timeout",
         "gzip_responses",
         "pid",
@@ -52,6 +53,7 @@ class Stats:
         self.conn_accepted = 0
         self.conn_current = 0
         self.conn_error = 0
+        self.conn_reclaimed = 0  # idle keep-alive connections closed to make room at the limit
         self.conn_timeout = 0
         self.req_total = 0
         self.req_current = 0
@@ -93,6 +95,8 @@ def snapshot(core: Core) -> dict[str, Any]:
         "conn_current": stats.conn_current,
         "conn_accepted": stats.conn_accepted,
         "conn_error": stats.conn_error,
+        "conn_reclaimed": stats.conn_reclaimed,
+        "conn_accept_failures": sum(lst.accept_failures for lst in core.listeners.values()),
         "conn_timeout": stats.conn_timeout,
         "req_current": stats.req_current,
         "req_total": stats.req_total,
@@ -136,6 +140,20 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
         "xps_connection_errors_total",
         "counter",
         "Connections refused (limits, shutdown).",
+        1,
+    ),
+    (
+        "conn_reclaimed",
+        "xps_connections_reclaimed_total",
+        "counter",
+        "Idle keep-alive connections closed to make room at max_connections.",
+        1,
+    ),
+    (
+        "conn_accept_failures",
+        "xps_accept_failures_total",
+        "counter",
+        "accept() failures for want of descriptors or memory (accepting pauses 0.1 s).",
         1,
     ),
     ("conn_timeout", "xps_connection_timeouts_total", "counter", "Connections timed out.", 1),

@@ -28,10 +28,12 @@ holds is flushed whenever the upstream has nothing more for the moment, and at m
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import TYPE_CHECKING
 
+from xps_server.core.throttle import LogThrottle
 from xps_server.disk.gzip import MIN_LENGTH as GZIP_MIN_LENGTH
 from xps_server.disk.gzip import (
     STREAM_TURN,
@@ -45,6 +47,7 @@ from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, Data, ParseError
 from xps_server.http.response import CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE
 from xps_server.http.response_parser import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Response
+from xps_server.network.upstream import LocalConnectError
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -64,8 +67,15 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
+# Fields we always write ourselves from what we parsed, so a peer never sees framing or a Host
+# other than ours: whatever a Connection header lists, these are never merely dropped.
+_FRAMING = frozenset(("content-length", "transfer-encoding"))
 _FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
-_REQUEST_DROP = HOP_BY_HOP | _FORWARDED
+_REQUEST_DROP = HOP_BY_HOP | _FORWARDED | _FRAMING | {"host"}
+_RESPONSE_DROP = HOP_BY_HOP | _FRAMING
+log = logging.getLogger("xps.proxy")
+_CONNECT_LOG = LogThrottle()  # connects failing here: one line per interval
+
 # Requests that may be sent twice (RFC 9110 §9.2.2): a dead pooled connection is retried.
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 LAST_CHUNK = b"0\r\n\r\n"
@@ -73,7 +83,7 @@ CHUNKED_FIELD = b"Transfer-Encoding: chunked\r\n"
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 _STATUS_LINES_MAX = 512  # upstreams choose reason phrases: bound what is cached
 # Fields a compressed body replaces or invalidates; Vary is rewritten on every gzip candidate.
-_GZIP_DROP = frozenset(("content-length", "accept-ranges", "etag", "vary"))
+_GZIP_DROP = frozenset(("accept-ranges", "etag", "vary"))
 _VARY_DROP = frozenset(("vary",))
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
 _WEAK_ETAG = re.compile(r'W/"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
@@ -91,7 +101,9 @@ def _connection_options(value: str | None) -> frozenset[str]:
 
 def upstream_request_head(request: Request, client_ip: str) -> bytes:
     """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
-    hop-by-hop fields dropped, X-Forwarded-For/-Proto/-Host set."""
+    hop-by-hop fields and names with "_" dropped (as nginx does), X-Forwarded-For/-Proto/-Host
+    set. Host and the body framing are written from what the parser decided, never copied: the
+    upstream sees the host we routed by and exactly the message length we read."""
     target = request.target
     if target[:1] != "/" and target != "*":
         target = request.path + ("?" + request.query if request.query else "")
@@ -104,16 +116,17 @@ def upstream_request_head(request: Request, client_ip: str) -> bytes:
     forwarded_for = None
     for name, value in request.raw_headers:
         lname = name.lower()
-        if lname in drop:
+        if lname in drop or "_" in lname:
             if lname == "x-forwarded-for":
                 forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
             continue
         add(f"{name}: {value}\r\n")
+    host = request.host
+    add(f"Host: {host}\r\n" if host else "Host: localhost\r\n")
     if request.chunked:
         add("Transfer-Encoding: chunked\r\n")
-    host = request.host
-    if "host" not in request.headers:
-        add(f"Host: {host}\r\n" if host else "Host: localhost\r\n")
+    elif request.content_length >= 0:
+        add(f"Content-Length: {request.content_length}\r\n")
     if forwarded_for:
         client_ip = f"{forwarded_for}, {client_ip}"
     add(f"X-Forwarded-For: {client_ip}\r\n")
@@ -135,9 +148,9 @@ def _status_line(status: int, reason: str) -> bytes:
 
 
 def _fields(response: Response, more: str = "", drop_also: frozenset[str] = frozenset()) -> bytes:
-    """The response's header lines minus the hop-by-hop ones (and `drop_also`), as received
-    otherwise; then the lines of `more`."""
-    drop = (HOP_BY_HOP | drop_also) if drop_also else HOP_BY_HOP
+    """The response's header lines minus the hop-by-hop and framing ones (and `drop_also`), as
+    received otherwise; then the lines of `more`."""
+    drop = (_RESPONSE_DROP | drop_also) if drop_also else _RESPONSE_DROP
     connection = response.headers.get("connection")
     if connection is not None:
         options = _connection_options(connection)
@@ -147,6 +160,16 @@ def _fields(response: Response, more: str = "", drop_also: frozenset[str] = froz
     if more:
         lines.append(more)
     return "".join(lines).encode("latin-1")
+
+
+def _length_field(response: Response) -> bytes:
+    """The Content-Length the client gets for a body passed through as it is: the length we
+    parsed; for a body-less answer (HEAD, 304), the upstream's figure for the full body."""
+    if response.framing == LENGTH:
+        return b"Content-Length: %d\r\n" % response.content_length
+    if response.framing == NO_BODY and response.status != 204 and response.content_length >= 0:
+        return b"Content-Length: %d\r\n" % response.content_length
+    return b""
 
 
 def _gzip_candidate(response: Response, route: Route) -> bool:
@@ -276,6 +299,9 @@ class ProxyStream:
             if conn is None:
                 try:
                     conn = state.connect(self)
+                except LocalConnectError as exc:
+                    self._out_of_resources(state, exc)
+                    return
                 except OSError as exc:
                     error = f"connect: {exc.strerror or exc}"
                     state.failed(error, route.max_fails, route.fail_timeout)
@@ -500,11 +526,15 @@ class ProxyStream:
             else:
                 fields = _fields(response, _vary_line(response), _VARY_DROP)
         framing = response.framing
+        length = b""
         if framing in (CHUNKED, UNTIL_CLOSE) or self.encoder is not None:
             if self.request.version == "1.1":
                 self.rechunk = True
+                length = CHUNKED_FIELD
             else:
                 session.close_after = True  # an HTTP/1.0 client learns the end from the close
+        else:
+            length = _length_field(response)
         responder = session.core.responder
         return b"".join(
             (
@@ -512,7 +542,7 @@ class ProxyStream:
                 _fields(response) if fields is None else fields,
                 b"" if "server" in headers else b"Server: %s\r\n" % responder.server_name.encode(),
                 b"" if "date" in headers else responder.date_line(),
-                CHUNKED_FIELD if self.rechunk else b"",
+                length,
                 CONNECTION_CLOSE if session.close_after else CONNECTION_KEEP_ALIVE,
             )
         )
@@ -559,11 +589,27 @@ class ProxyStream:
     def _retry(self, state: UpstreamState) -> None:
         try:
             conn = state.connect(self)
+        except LocalConnectError as exc:
+            self._out_of_resources(state, exc)
+            return
         except OSError as exc:
             self._failed(f"connect: {exc.strerror or exc}")
             self.dispatch(self.head)
             return
         self._attach(state, conn, self.head)
+
+    def _out_of_resources(self, state: UpstreamState, exc: OSError) -> None:
+        """No connection could even start here (out of descriptors, say): 503, and the upstream
+        keeps its health; any upstream would fail the same way, so none other is tried."""
+        unlogged = _CONNECT_LOG.due(self.loop.now)
+        if unlogged is not None:
+            log.error(
+                "cannot connect to upstream %s: %s (not counted against it; %d more not logged)",
+                state.addr,
+                exc.strerror or exc,
+                unlogged,
+            )
+        self._give_up(503)
 
     def _give_up(self, status: int) -> None:
         """Nothing reached the client yet: answer `status` (502, 504) in place of a response."""
@@ -611,6 +657,9 @@ class ProxyStream:
         if conn is not None and conn.read_paused:
             conn.timer.reset(self.loop.now + self.read_timeout)
             conn.resume_reading()
+
+    def responded(self) -> bool:
+        return self.response is not None
 
     def abort(self) -> None:
         """The client went away: never pool a connection in the middle of an exchange."""

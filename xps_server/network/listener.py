@@ -12,11 +12,16 @@ import socket
 from collections.abc import Callable
 
 from xps_server.core.loop import EPOLLET, EPOLLIN, Loop
+from xps_server.core.throttle import LogThrottle
 
 log = logging.getLogger("xps.listener")
 
 BACKLOG = 1024
 ACCEPT_RETRY_DELAY = 0.1
+ACCEPT_LOG_INTERVAL = 10.0  # out of descriptors: one log line per this many seconds at most
+# accept() failing with these means this process (or the system) is out of a resource: every
+# client waiting in the backlog would fail the same way until something is freed.
+OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 AcceptCallback = Callable[["Listener", socket.socket, tuple], None]
 
@@ -46,6 +51,12 @@ class Listener:
             raise
         self.sock = sock
         self.fd = sock.fileno()
+        # Out of resources, accepting pauses: one timer looks again, one log line speaks for
+        # the failures of a whole interval.
+        self._retry_timer = loop.timer(self._retry)
+        self._paused = False
+        self._log_throttle = LogThrottle(ACCEPT_LOG_INTERVAL)
+        self.accept_failures = 0  # out-of-resource failures, for the metrics
         loop.add(self.fd, EPOLLIN | EPOLLET, self.on_event)
 
     @property
@@ -61,19 +72,39 @@ class Listener:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: no new edge will come for what waits in the backlog,
-                    # so look again shortly instead of spinning now.
-                    log.error("accept on %s:%d failed: %s", self.host, self.port, exc)
-                    self.loop.call_later(ACCEPT_RETRY_DELAY, self._retry)
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._pause(exc)
                     return
                 continue  # ECONNABORTED and friends concern only that one client
             on_accept(self, sock, peer)
 
+    def _pause(self, exc: OSError) -> None:
+        """Stop listening for a moment, as nginx does: new clients wait in the backlog instead
+        of waking the loop for an accept that cannot succeed."""
+        self.accept_failures += 1
+        now = self.loop.now
+        unlogged = self._log_throttle.due(now)
+        if unlogged is not None:
+            log.error(
+                "accept on %s:%d failed: %s; retrying every %gs (%d failures not logged)",
+                self.host,
+                self.port,
+                exc.strerror or exc,
+                ACCEPT_RETRY_DELAY,
+                unlogged,
+            )
+        if not self._paused:
+            self._paused = True
+            self.loop.modify(self.fd, 0)
+        self._retry_timer.reset(now + ACCEPT_RETRY_DELAY)
+
     def _retry(self) -> None:
-        if self.fd in self.loop.handlers:
+        if self._paused and self.fd in self.loop.handlers:
+            self._paused = False
+            self.loop.modify(self.fd, EPOLLIN | EPOLLET)
             self.on_event(0)
 
     def close(self) -> None:
+        self._retry_timer.close()
         self.loop.remove(self.fd)
         self.sock.close()

@@ -36,6 +36,16 @@ IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this many secon
 
 UP, DOWN, DRAINING = "up", "down", "draining"
 
+# A connect that cannot start for want of a local resource (descriptors, memory, ephemeral
+# ports) says nothing about the upstream, so it never counts against the upstream's health.
+LOCAL_ERRNOS = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL)
+)
+
+
+class LocalConnectError(OSError):
+    """A connect failed here, not at the upstream (see LOCAL_ERRNOS)."""
+
 
 def upstream_key(host: str, port: int) -> str:
     """How an upstream is named: `host:port`, IPv6 literals in brackets."""
@@ -67,16 +77,23 @@ class UpstreamConnection(Connection):
 
     @classmethod
     def open(cls, loop: Loop, state: UpstreamState, handler: UpstreamHandler) -> UpstreamConnection:
-        """Start a non-blocking connect; raises OSError if it fails at once."""
+        """Start a non-blocking connect; raises OSError if it fails at once (LocalConnectError
+        when the failure is ours, not the upstream's)."""
         if state.sockaddr is None:
             raise OSError(errno.EHOSTUNREACH, state.last_error or "cannot resolve")
-        sock = socket.socket(state.family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(state.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                raise LocalConnectError(exc.errno, exc.strerror) from None
+            raise
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(state.sockaddr)
             if err and err != errno.EINPROGRESS:
-                raise OSError(err, os.strerror(err))
+                kind = LocalConnectError if err in LOCAL_ERRNOS else OSError
+                raise kind(err, os.strerror(err))
         except OSError:
             sock.close()
             raise
