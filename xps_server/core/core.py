@@ -56,6 +56,9 @@ class Core:
         self.upstreams.configure(config)
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.sessions: dict[int, Session] = {}
+        # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
+        # max_connections the oldest is closed to make room, as nginx reuses connections.
+        self.idle: dict[int, Session] = {}
         self.draining = False
         self.route_handlers: dict[str, RouteHandler] = {
             "file_serve": serve_file,
@@ -99,9 +102,12 @@ class Core:
             sock.close()  # refused before a byte is read: the client sees only the close
             return
         if len(self.sessions) >= self.config.limits.max_connections or self.draining:
-            stats.conn_error += 1
-            sock.close()
-            return
+            if not self.idle or self.draining:
+                stats.conn_error += 1
+                sock.close()
+                return
+            stats.conn_reclaimed += 1
+            next(iter(self.idle.values())).conn.close()
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stats.conn_accepted += 1
@@ -122,6 +128,7 @@ class Core:
             bus.skipped += 1  # every subscriber is at its max_rate
 
     def session_closed(self, session: Session) -> None:
+        self.idle.pop(session.id, None)
         if self.sessions.pop(session.id, None) is not None:
             stats = self.stats
             stats.conn_current -= 1

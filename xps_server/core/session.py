@@ -1,14 +1,22 @@
 """A session per client connection: parses requests, dispatches them to routes, owns timeouts.
 
 The session sits between the client connection (the pipe's sink) and whatever produces the
-response (the file module, a redirect, later an upstream). Pipelined requests are answered in
-order; while the client pipe is over its threshold no further request is taken, and reading
-from the socket pauses, so a client that does not read cannot make the server buffer.
+response (the file module, a redirect, an upstream). Pipelined requests are answered in order,
+one at a time: while a response is still queued no further request is taken and reading from
+the socket pauses, so a client that does not read cannot make the server do (or hold) more
+than one response's worth of work.
+
+One request gets one response. A request whose body turns out to be malformed after it was
+answered (local routes answer at the head) gets no second one: the connection closes. When the
+session closes while the client may still be sending, it closes lingering, as nginx does: our
+side is shut, what still arrives is read and dropped for a few seconds, so the client's kernel
+does not answer our last response with a reset that destroys it unread.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,10 +42,15 @@ class Producer(Protocol):
     def body_full(self) -> bool: ...
     def resume(self) -> None: ...  # the client pipe drained below its threshold
     def abort(self) -> None: ...  # the client went away: release everything
+    def responded(self) -> bool: ...  # the final response head went out to the client
 
 
 # What the session waits for, which decides the timeout that applies.
 IDLE, HEAD, BODY = 0, 1, 2
+# Lingering close (nginx's lingering_timeout and lingering_time): wait this long for each
+# further read from a client we are done with, and no longer than LINGER_TIME in all.
+LINGER_TIMEOUT = 5.0
+LINGER_TIME = 30.0
 
 
 class Session:
@@ -49,6 +62,9 @@ class Session:
         "conn",
         "core",
         "id",
+        "linger_on_close",
+        "linger_until",
+        "lingering",
         "listener",
         "opened",
         "parser",
@@ -81,19 +97,28 @@ class Session:
         self.producer: Producer | None = None
         self.processing = False
         self.body_done = True
+        self.linger_on_close = False  # the client may still be sending when we close
+        self.lingering = False
+        self.linger_until = 0.0
         self.timer = core.loop.timer(self.on_timeout)
         # A fresh connection must send its head within client_header, as in nginx.
         self.timer.reset(core.loop.now + core.config.timeouts.client_header)
+        core.idle[session_id] = self  # nothing in progress: reclaimable at max_connections
 
     # --- connection callbacks ---------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
+        if self.lingering:
+            now = self.core.loop.now
+            self.timer.reset(min(now + LINGER_TIMEOUT, self.linger_until))
+            return  # what a client sends after we are done is dropped
+        self.core.idle.pop(self.id, None)
         self.parser.feed(data)
         self.process()
 
     def on_eof(self) -> None:
         """The client will send no more: finish what is queued, then close."""
         self.close_after = True
-        if not self.conn.out.items and self.producer is None:
+        if self.lingering or (not self.conn.out.items and self.producer is None):
             self.conn.close()
 
     def on_drain(self) -> None:
@@ -113,6 +138,9 @@ class Session:
     def on_timeout(self) -> None:
         conn = self.conn
         if conn.closed:
+            return
+        if self.lingering:
+            conn.close()
             return
         core = self.core
         core.stats.conn_timeout += 1
@@ -167,16 +195,15 @@ class Session:
                     break
             elif self.close_after:
                 break
-            elif out.size >= out.threshold:
+            elif out.items:
+                # One response at a time: the next pipelined request waits until this one
+                # is out, so a client that does not read pins one response, not hundreds.
                 conn.pause_reading()
                 break
             try:
                 event = parser.next_event()
             except ParseError as exc:
-                if producer is not None:
-                    conn.close()  # a broken body mid-stream: nothing sane can follow
-                else:
-                    self.fail(exc.status)
+                self._parse_error(exc, producer)
                 return
             if event is NEED_DATA:
                 break
@@ -197,9 +224,49 @@ class Session:
                 return
         if self.close_after and self.producer is None:
             if not out.items:
-                conn.close()
+                self._close()
             return
         self.arm_timer()
+
+    def _parse_error(self, exc: ParseError, producer: Producer | None) -> None:
+        """The client sent something unparsable: one answer for its request, at most."""
+        if self.body_done:
+            self.fail(exc.status)  # a broken head: nothing was answered yet
+        elif producer is None:
+            # A local route answered at the head; the body it did not need is broken. The
+            # answer stands alone: close once it is out.
+            self.close_after = True
+            self.linger_on_close = True
+            self.conn.pause_reading()
+            if not self.conn.out.items:
+                self._close()
+        elif producer.responded():
+            self.conn.close()  # mid-response: it can only be cut short
+        else:
+            self.producer = None
+            producer.abort()
+            self.fail(exc.status)
+
+    def _close(self) -> None:
+        """Close a session whose last response is out: lingering if the client may still be
+        sending, so our response is not lost to the reset its unread bytes would cause."""
+        conn = self.conn
+        if self.lingering:
+            return
+        if not (self.linger_on_close or self.parser.buffered or conn.read_pending):
+            conn.close()
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        self.lingering = True
+        self.core.idle.pop(self.id, None)
+        now = self.core.loop.now
+        self.linger_until = now + LINGER_TIME
+        self.timer.reset(now + LINGER_TIMEOUT)
+        conn.resume_reading()
 
     def arm_timer(self) -> None:
         now = self.core.loop.now
@@ -221,6 +288,7 @@ class Session:
         else:
             self.phase = IDLE
             self.timer.reset(now + timeouts.keep_alive)
+            self.core.idle[self.id] = self
 
     # --- streamed responses -------------------------------------------------------------------
     def stream(self, producer: Producer) -> None:
@@ -247,7 +315,7 @@ class Session:
             return
         if self.close_after and self.producer is None:
             if not conn.out.items:
-                conn.close()
+                self._close()
             return
         self.process()
         if conn.read_paused and not conn.out.full() and not conn.closed:
@@ -319,6 +387,7 @@ class Session:
     def fail(self, status: int) -> None:
         """A protocol error: answer `status`, then close once it is out; read nothing more."""
         self.close_after = True
+        self.linger_on_close = True
         conn = self.conn
         conn.pause_reading()
         if self.request is None:
@@ -328,7 +397,7 @@ class Session:
             self.core.stats.req_current += 1
         self.error(status)
         if not conn.out.items:
-            conn.close()
+            self._close()
         else:
             self.timer.reset(self.core.loop.now + self.core.config.timeouts.send)
 

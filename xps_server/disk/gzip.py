@@ -391,6 +391,9 @@ class GzipFileStream:
     def resume(self) -> None:
         self.pump()
 
+    def responded(self) -> bool:
+        return True  # the head goes out before the stream starts
+
     def abort(self) -> None:
         self._close()
 
