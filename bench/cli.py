@@ -20,7 +20,8 @@ from bench.runner import LOAD_CPU, SERVER_CPU, ScenarioResult, Settings, run_sce
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def _default_xps() -> str:
+def default_xps() -> str:
+    """This checkout's .venv/bin/xps-server, else xps-server on PATH."""
     venv = _REPO / ".venv" / "bin" / "xps-server"
     if venv.is_file():
         return str(venv)
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-nginx", action="store_true", help="measure xps-server only")
     parser.add_argument(
         "--xps",
-        default=_default_xps(),
+        default=default_xps(),
         metavar="PATH",
         help="the xps-server to run (default: .venv/bin/xps-server, else xps-server on PATH)",
     )

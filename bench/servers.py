@@ -4,13 +4,16 @@ Each server gets its own session (process group), so a Ctrl-C in the terminal re
 harness, which then stops the servers itself: SIGTERM, then SIGKILL to the whole group.
 """
 
+import functools
 import os
+import resource
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -38,12 +41,22 @@ class Server:
     """A server process listening on 127.0.0.1:port, used as a context manager."""
 
     def __init__(
-        self, name: str, argv: list[str], port: int, log_path: Path, cpu: int | None = None
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log_path: Path,
+        cpu: int | None = None,
+        *,
+        nofile: tuple[int, int] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = pin_prefix(cpu) + argv
         self.port = port
         self.log_path = log_path
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE for the process, else inherited
+        self.cwd = cwd
         self.exit_code: int | None = None
         self.died = False  # exited on its own, before stop() signalled it
         self.killed = False  # ignored SIGTERM for STOP_TIMEOUT and got SIGKILL
@@ -66,19 +79,41 @@ class Server:
     ) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int:
+        """The process id (taskset execs the server, so this is the server's own)."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def start(self) -> None:
         """Spawn the process, its output going to log_path."""
         try:
-            with self.log_path.open("wb") as log:
-                self._proc = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            log = self.log_path.open("wb")
         except OSError as e:
-            raise ServerError(f"{self.name}: cannot run {self.argv[0]}: {e.strerror}") from e
+            raise ServerError(f"{self.name}: cannot write {self.log_path}: {e.strerror}") from e
+        with log:
+            self._proc = self.spawn(log)
+
+    def spawn(self, output: IO[bytes] | int) -> subprocess.Popen[bytes]:
+        """Popen with stdout and stderr to `output`, in a new session, with its nofile limit."""
+        limit_descriptors = None  # runs in the child, before exec
+        if self.nofile is not None:
+            limit_descriptors = functools.partial(
+                resource.setrlimit, resource.RLIMIT_NOFILE, self.nofile
+            )
+        try:
+            return subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.cwd,
+                preexec_fn=limit_descriptors,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise ServerError(f"{self.name}: cannot run {self.argv[0]}: {reason}") from e
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll until the port accepts a connection; fail early if the process exits."""
