@@ -604,10 +604,10 @@ class ProxyStream:
         unlogged = _CONNECT_LOG.due(self.loop.now)
         if unlogged is not None:
             log.error(
-                "cannot connect to upstream %s: %s (not counted against it; %d more not logged)",
+                "cannot connect to upstream %s: %s (not counted against it)%s",
                 state.addr,
                 exc.strerror or exc,
-                unlogged,
+                f"; {unlogged} more since the last report" if unlogged else "",
             )
         self._give_up(503)
 

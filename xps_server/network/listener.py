@@ -86,12 +86,12 @@ class Listener:
         unlogged = self._log_throttle.due(now)
         if unlogged is not None:
             log.error(
-                "accept on %s:%d failed: %s; retrying every %gs (%d failures not logged)",
+                "accept on %s:%d failed: %s; retrying every %gs%s",
                 self.host,
                 self.port,
                 exc.strerror or exc,
                 ACCEPT_RETRY_DELAY,
-                unlogged,
+                f" ({unlogged} more failures since the last report)" if unlogged else "",
             )
         if not self._paused:
             self._paused = True
