@@ -57,7 +57,7 @@ def example() -> dict[str, Any]:
                         "type": "file_serve",
                         "dir_path": "public",
                         "index": ["index.html"],
-                        "dir_listing": True,
+                        "dir_listing": False,  # not the default, so the key is seen to be read
                         "gzip_enable": True,
                         "gzip_level": 6,
                         "gzip_mime_types": ["text/x-c"],
@@ -157,7 +157,7 @@ def test_spec_example_loads_with_values_and_defaults(site: Path) -> None:
         type="file_serve",
         dir_path=str(site / "public"),
         index=["index.html"],
-        dir_listing=True,
+        dir_listing=False,
         gzip_enable=True,
         gzip_level=6,
         gzip_mime_types=["text/x-c"],
@@ -198,9 +198,10 @@ def test_route_defaults_per_type(site: Path) -> None:
         ]
     }
     files, proxy = parse_config(data, str(site)).servers[0].routes
+    # dir_listing is on by default, as in eXpServer.
     assert (files.index, files.dir_listing, files.gzip_enable, files.gzip_level) == (
         ["index.html"],
-        False,
+        True,
         False,
         6,
     )

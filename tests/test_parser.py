@@ -417,6 +417,9 @@ BAD_REQUESTS = {
     "double-space": b"GET  / HTTP/1.1\r\n" + H + b"\r\n",
     "trailing-space": b"GET / HTTP/1.1 \r\n" + H + b"\r\n",
     "method-not-token": b"G(T / HTTP/1.1\r\n" + H + b"\r\n",
+    "method-unregistered": b"GOT /index.html HTTP/1.1\r\n" + H + b"\r\n",
+    "method-lowercase": b"get / HTTP/1.1\r\n" + H + b"\r\n",
+    "method-asterisk": b"* / HTTP/1.1\r\n" + H + b"\r\n",
     "method-latin1": b"G\xc9T / HTTP/1.1\r\n" + H + b"\r\n",
     "no-version": b"GET /\r\n\r\n",
     "no-version-line-only": b"GET /\r\n",
@@ -527,6 +530,7 @@ def test_bad_request(data):
         (BAD_REQUESTS["obs-fold"], "obsolete line folding in header"),
         (BAD_REQUESTS["missing-host"], "missing Host header"),
         (BAD_REQUESTS["no-version"], "missing HTTP version"),
+        (BAD_REQUESTS["method-unregistered"], "unknown method"),
         (BAD_REQUESTS["cl-and-te"], "both Content-Length and Transfer-Encoding"),
     ],
 )
@@ -540,6 +544,27 @@ def test_missing_version_is_reported_without_waiting_for_headers():
     with pytest.raises(ParseError) as info:
         parser.next_event()
     assert info.value.status == 400
+
+
+# The IANA HTTP Method Registry (RFC 9110 §18.2, RFC 7237, PRI from RFC 9113, QUERY).
+METHODS = (
+    "ACL", "BASELINE-CONTROL", "BIND", "CHECKIN", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET",
+    "HEAD", "LABEL", "LINK", "LOCK", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MKREDIRECTREF",
+    "MKWORKSPACE", "MOVE", "OPTIONS", "ORDERPATCH", "PATCH", "POST", "PRI", "PROPFIND", "PROPPATCH",
+    "PUT", "QUERY", "REBIND", "REPORT", "SEARCH", "TRACE", "UNBIND", "UNCHECKOUT", "UNLINK",
+    "UNLOCK", "UPDATE", "UPDATEREDIRECTREF", "VERSION-CONTROL",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_registered_method_is_accepted(method):
+    target = b"example.com:443" if method == "CONNECT" else b"/"
+    data = method.encode() + b" " + target + b" HTTP/1.1\r\n" + H + b"\r\n"
+    if method == "CONNECT":
+        # The method passes; the authority-form target is what we refuse.
+        assert parse_error(data).reason == "bad request-target"
+    else:
+        assert parse_one(data)[0].method == method
 
 
 # --- generated requests -------------------------------------------------------------------------
@@ -587,7 +612,8 @@ def valid_requests(draw, line_ends: tuple[str, ...] = ("\r\n", "\n")) -> tuple[b
     """A valid request as bytes, and what the parser should report for it."""
     v11 = draw(st.booleans())
     method = draw(
-        st.sampled_from(["GET", "POST", "OPTIONS"]) | tokens.filter(lambda m: m != "CONNECT")
+        st.sampled_from(["GET", "POST", "OPTIONS"])
+        | st.sampled_from(METHODS).filter(lambda m: m != "CONNECT")
     )
     target, path, query, url_host = draw(targets(method))
     fields = [
@@ -651,6 +677,13 @@ def valid_requests(draw, line_ends: tuple[str, ...] = ("\r\n", "\n")) -> tuple[b
         "body": body,
     }
     return head.encode("latin-1") + encoded, expected
+
+
+@HYPOTHESIS
+@given(tokens.filter(lambda m: m not in METHODS))
+def test_unregistered_method_tokens_are_bad_requests(method):
+    error = parse_error(f"{method} / HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert (error.status, error.reason) == (400, "unknown method")
 
 
 def check_expected(messages: list[list], expected: list[dict]) -> None:

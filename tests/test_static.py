@@ -17,7 +17,12 @@ def server(start_server, site):
     return start_server(
         [
             {"req_path": "/", "type": "file_serve", "dir_path": str(site), "dir_listing": True},
-            {"req_path": "/plain", "type": "file_serve", "dir_path": str(site / "test")},
+            {
+                "req_path": "/plain",
+                "type": "file_serve",
+                "dir_path": str(site / "test"),
+                "dir_listing": False,
+            },
             {
                 "req_path": "/old",
                 "type": "redirect",

@@ -572,7 +572,7 @@ class _Checker:
                     self.expected(where, "a plain file name", name)
                 else:
                     route.index.append(name)
-        route.dir_listing = self.boolean(data, "dir_listing", path, False)
+        route.dir_listing = self.boolean(data, "dir_listing", path, True)
 
     def redirect(self, data: dict[str, Any], path: str, route: Route) -> None:
         if self.required(data, "http_status_code", path, "redirect"):

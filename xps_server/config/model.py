@@ -64,7 +64,7 @@ class Route:
     # file_serve
     dir_path: str = ""
     index: list[str] = field(default_factory=lambda: ["index.html"])
-    dir_listing: bool = False
+    dir_listing: bool = True
     # redirect
     http_status_code: int = 0
     redirect_url: str = ""
