@@ -153,8 +153,10 @@ class ConsoleApp(App[None]):
         except LinkError as exc:
             self.exit(return_code=1, message=f"xps-console: {exc}")
             return
-        self.set_interval(EVENT_INTERVAL, self.drain_events)
-        self.set_interval(self.snapshot_interval, self.request_snapshot)
+        # The timers belong to the screen whose widgets they fill, so they stop when it goes:
+        # timers of the app itself would still fire while it tears its screens down.
+        self.screen.set_interval(EVENT_INTERVAL, self.drain_events)
+        self.screen.set_interval(self.snapshot_interval, self.request_snapshot)
         self.request_snapshot()
         self.sessions.focus()
 
