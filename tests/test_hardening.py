@@ -164,6 +164,21 @@ def test_pipelined_requests_are_all_answered_in_order(files):
     assert responses_in(data) == [200] * 51
 
 
+def test_pipelined_requests_before_a_half_close_are_all_answered(start_server):
+    backend = Backend()
+    try:
+        server = start_server(
+            [{"req_path": "/", "type": "reverse_proxy", "upstreams": [backend.addr]}]
+        )
+        with connect(server.port) as sock:
+            sock.sendall(GET * 3)  # the half-close arrives while the first is upstream
+            sock.shutdown(socket.SHUT_WR)
+            data = read_until_close(sock)
+        assert responses_in(data) == [200] * 3
+    finally:
+        backend.stop()
+
+
 # --- finding 9: idle keep-alive connections make room at max_connections -----------------------
 def test_at_max_connections_the_oldest_idle_connection_makes_room(start_server, site):
     server = start_server(

@@ -315,12 +315,12 @@ def test_keep_alive(version, connection, keep_alive):
     assert req.keep_alive is keep_alive
 
 
-def test_transfer_encoding_in_http10_closes_the_connection():
-    req, body = parse_one(
+def test_transfer_encoding_in_http10_is_refused():
+    err = parse_error(
         b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"1\r\nx\r\n0\r\n\r\n"
     )
-    assert (req.chunked, req.keep_alive, body) == (True, False, b"x")
+    assert (err.status, err.reason) == (400, "Transfer-Encoding in an HTTP/1.0 request")
 
 
 def test_in_message_and_buffered():

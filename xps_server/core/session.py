@@ -47,6 +47,9 @@ class Producer(Protocol):
 
 # What the session waits for, which decides the timeout that applies.
 IDLE, HEAD, BODY = 0, 1, 2
+# A body up to this size is copied after its head for one plain send; a larger one goes out
+# with the head by sendmsg, uncopied.
+JOIN_BODY_BYTES = 4096
 # Lingering close (nginx's lingering_timeout and lingering_time): wait this long for each
 # further read from a client we are done with, and no longer than LINGER_TIME in all.
 LINGER_TIMEOUT = 5.0
@@ -61,6 +64,7 @@ class Session:
         "close_after",
         "conn",
         "core",
+        "eof",
         "id",
         "linger_on_close",
         "linger_until",
@@ -88,6 +92,7 @@ class Session:
             limits.max_uri_bytes, limits.max_header_bytes, limits.max_body_bytes
         )
         self.close_after = False
+        self.eof = False  # the client half-closed: it sends nothing more
         self.requests = 0
         self.opened = core.loop.now
         self.route = ""  # req_path of the route that took the latest request
@@ -116,10 +121,13 @@ class Session:
         self.process()
 
     def on_eof(self) -> None:
-        """The client will send no more: finish what is queued, then close."""
-        self.close_after = True
-        if self.lingering or (not self.conn.out.items and self.producer is None):
+        """The client will send no more: answer what it did send, pipelined requests included
+        (as nginx does), then close."""
+        if self.lingering:
             self.conn.close()
+            return
+        self.eof = True
+        self.process()
 
     def on_drain(self) -> None:
         if self.producer is not None:
@@ -206,6 +214,8 @@ class Session:
                 self._parse_error(exc, producer)
                 return
             if event is NEED_DATA:
+                if self.eof:
+                    self.close_after = True  # all that will ever come has been taken
                 break
             if event is END_OF_MESSAGE:
                 self.phase = IDLE
@@ -372,6 +382,14 @@ class Session:
         """Queue a whole response (`data`: head and body) and account for it."""
         self.conn.send(data)
         self.finish(status, body_bytes)
+
+    def respond_body(self, status: int, head: bytes, body: bytes) -> None:
+        """Queue a head and a shared body (a cached file's bytes): never copied together."""
+        if len(body) <= JOIN_BODY_BYTES:
+            self.conn.send(head + body)
+        else:
+            self.conn.send_body(head, body)
+        self.finish(status, len(body))
 
     def respond_file(self, status: int, head: bytes, segment: FileSegment) -> None:
         """Queue a head and a file segment that follows it with sendfile."""

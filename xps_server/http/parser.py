@@ -527,6 +527,10 @@ class RequestParser(MessageParser):
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None:
+            if not v11:
+                # RFC 9112 §6.1: an HTTP/1.0 message cannot have used it; what framed it is
+                # anyone's guess, so refuse it, as nginx does.
+                raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")
             if cl is not None:
                 raise ParseError(400, "both Content-Length and Transfer-Encoding")
             if not is_chunked(te):
@@ -558,9 +562,6 @@ class RequestParser(MessageParser):
             if keep_alive is None:
                 tokens = {t.strip(" \t") for t in connection.lower().split(",")}
                 keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
-        if chunked:
-            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; close after.
-            keep_alive = keep_alive and v11
         self._frame_body(chunked, content_length)
         return Request(
             method,

@@ -144,6 +144,32 @@ class Connection:
             out.push(memoryview(data)[sent:])
             self._want_write()
 
+    def send_body(self, head: bytes, body: bytes) -> None:
+        """Queue a head and a body without joining them (one `sendmsg`): the body, a cached
+        file say, is shared, so a client that reads nothing pins a view of it, not a copy."""
+        out = self.out
+        if out.items:
+            out.push(head)
+            out.push(body)
+            return
+        try:
+            sent = self.sock.sendmsg((head, body))
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.bytes_out += sent
+        head_len = len(head)
+        if sent < head_len:
+            out.push(memoryview(head)[sent:])
+            out.push(body)
+        elif sent < head_len + len(body):
+            out.push(memoryview(body)[sent - head_len :])
+        else:
+            return
+        self._want_write()
+
     def send_file(self, head: bytes, segment: FileSegment) -> None:
         """Queue a head and a file segment; the file moves with sendfile as the socket drains."""
         out = self.out
