@@ -28,7 +28,7 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
-from xps_server.disk.file import parse_range
+from xps_server.disk.file import FileCache, StaleEntry, parse_range
 
 # --- symlink races -------------------------------------------------------------------------------
 
@@ -87,9 +87,15 @@ while True:
 
 
 @contextmanager
-def swapping(triples: list[tuple[Path, Path, Path]]) -> Iterator[None]:
+def swapping(triples: list[tuple[Path, Path, Path]], server_thread: int) -> Iterator[None]:
+    """The swapper running; with two CPUs or more, it and the server's loop thread get one each:
+    sharing a CPU they would take turns, and a swap would seldom land inside a request."""
     paths = [str(path) for triple in triples for path in triple]
     proc = subprocess.Popen([sys.executable, "-c", SWAPPER, *paths], stdout=subprocess.PIPE)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(proc.pid, {cpus[0]})
+        os.sched_setaffinity(server_thread, {cpus[1]})
     try:
         assert proc.stdout.readline() == b"swapping\n"
         yield
@@ -119,7 +125,7 @@ def test_symlink_swapped_in_and_out_never_serves_the_outside_file(start_server, 
     leaks: dict[str, int] = {}
     statuses: dict[int, int] = {}
     client = Client(server.port)
-    with swapping(pairs):
+    with swapping(pairs, server.thread.native_id):
         for _ in range(100):
             for target, headers in targets:
                 res = client.request("GET", target, headers)
@@ -132,7 +138,36 @@ def test_symlink_swapped_in_and_out_never_serves_the_outside_file(start_server, 
     client.close()
     assert not leaks, f"outside content served: {leaks} (statuses {statuses})"
     assert statuses.get(200, 0) > 0, statuses  # the inside targets were served meanwhile
+    assert statuses.get(403, 0) > 0, statuses  # and the swaps landed: the outside was refused
     assert set(statuses) <= {200, 403, 404}, statuses  # refusals, never a failure
+
+
+def test_a_cached_entry_stands_for_one_file_and_a_body_is_read_from_that_file(tmp_path):
+    cache = FileCache()
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"a" * 100_000)
+    entry, fd = cache.resolve(str(big), os.stat(big), str(tmp_path))
+    assert entry is not None and entry.body is None and fd >= 0  # validated on this descriptor
+    os.close(fd)
+    again, fd = cache.resolve(str(big), os.stat(big), str(tmp_path))
+    assert again is entry and fd == -1  # a hit opens nothing until the body is wanted
+    fd = cache.reopen(str(big), entry)
+    assert os.fstat(fd).st_ino == entry.ino
+    os.close(fd)
+    # The same name, size and mtime on another file (or another device) is another file.
+    st = os.stat(big)
+    fields = list(st)
+    fields[2] = st.st_dev + 1
+    assert not entry.matches(os.stat_result(fields, {"st_mtime_ns": st.st_mtime_ns}))
+    twin = tmp_path / "twin.bin"
+    twin.write_bytes(b"b" * 100_000)
+    os.utime(twin, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(twin, big)
+    with pytest.raises(StaleEntry):
+        cache.reopen(str(big), entry)
+    big.unlink()
+    with pytest.raises(StaleEntry):  # answered afresh, the request then meets the 404
+        cache.reopen(str(big), entry)
 
 
 # --- Range: ASCII digits only ---------------------------------------------------------------------

@@ -5,9 +5,10 @@ block and, for small files, the body) is reused while device, inode, size and mt
 An entry is only ever built from an open descriptor whose target was checked to lie inside
 `dir_path` (its path read back from /proc/self/fd), so what a path resolved to a moment before
 the open cannot matter: a symlink swapped in and out never gets an outside file served. A large
-body is sent from the very descriptor that was opened and compared with its entry, never by
-reopening the path. Large bodies move with `os.sendfile` through a file segment in the client
-pipe; small ones sit in memory, bounded.
+body is read from a descriptor opened when the answer needs it and checked to be the very file
+its entry describes; if the path leads elsewhere by then, the request is answered afresh. Large
+bodies move with `os.sendfile` through a file segment in the client pipe; small ones sit in
+memory, bounded.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def failure_status(exc: OSError) -> int:
     if code in _FORBIDDEN_ERRNOS:
         return 403
     return 500
+
+
+class StaleEntry(Exception):
+    """The path no longer leads to the file its entry describes, or cannot be opened now."""
 
 
 class FileEntry:
@@ -120,19 +125,24 @@ class FileCache:
         self.body_bytes = 0
 
     def resolve(
-        self, fs_path: str, st: os.stat_result, dir_path: str
+        self, fs_path: str, st: os.stat_result, dir_path: str, open_large: bool = False
     ) -> tuple[FileEntry | None, int]:
         """What `fs_path`, just stat'ed as `st`, serves: (entry, descriptor or -1).
 
-        A cached small body or a directory answers from the stat alone: its entry came from a
-        validated file, and `matches` tells that very file apart from any other. Otherwise the
+        When `st` matches the cached entry, the stat alone answers: the entry came from a
+        validated file, and `matches` tells that very file apart from any other. A large body is
+        then read through `reopen`, once the answer needs it (unless `open_large`). Otherwise the
         path is opened and what was opened is compared with the entry, or validated and cached
-        afresh. A large file comes with its open descriptor, for the caller to send from (or
-        close); -1 otherwise. (None, -1) when what was opened lies outside `dir_path` or is
-        neither a regular file nor a directory. OSError if the open fails.
+        afresh; a large file then comes with that descriptor, for the caller to send from or
+        close. (None, -1) when what was opened lies outside `dir_path` or is neither a regular
+        file nor a directory. OSError if the open fails.
         """
         entry = self.entries.get(fs_path)
-        if entry is not None and entry.matches(st) and (entry.body is not None or entry.is_dir):
+        if (
+            entry is not None
+            and entry.matches(st)
+            and (entry.body is not None or entry.is_dir or not open_large)
+        ):
             return entry, -1
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return None, -1  # a device or FIFO is not even opened
@@ -148,6 +158,25 @@ class FileCache:
             os.close(fd)
             return entry, -1
         return entry, fd
+
+    def reopen(self, fs_path: str, entry: FileEntry) -> int:
+        """A descriptor on the very file `entry` describes, to read its body from.
+
+        StaleEntry if `fs_path` leads elsewhere by now, or cannot be opened: answered afresh,
+        the request then meets what is there (or why the open fails) with the right headers.
+        """
+        try:
+            fd = os.open(fs_path, OPEN_FLAGS)
+        except OSError:
+            raise StaleEntry from None
+        try:
+            same = entry.matches(os.fstat(fd))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            raise StaleEntry
+        return fd
 
     def open_dir(self, fs_path: str, dir_path: str) -> int:
         """A descriptor on the directory `fs_path` opens to; -1 if it lies outside `dir_path`."""
@@ -209,6 +238,18 @@ def _read_small(fd: int, size: int) -> bytes | None:
 
 
 def serve_file(session: Session, request: Request, route: Route, path: str) -> None:
+    """Answer a GET or HEAD for the decoded, normalised `path` on a `file_serve` route."""
+    try:
+        _serve_file(session, request, route, path, False)
+    except StaleEntry:
+        # The file changed between the stat and the open (nothing was sent): answer afresh,
+        # opening a large file before deciding anything.
+        _serve_file(session, request, route, path, True)
+
+
+def _serve_file(
+    session: Session, request: Request, route: Route, path: str, open_large: bool
+) -> None:
     method = request.method
     if method != "GET" and method != "HEAD":
         session.error(405, extra=ALLOW_FIELD)
@@ -218,7 +259,9 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
     rel = path if req_path == "/" else path[len(req_path) :]
     fs_path = route.dir_path + rel
     try:
-        entry, fd = session.core.files.resolve(fs_path, os.stat(fs_path), route.dir_path)
+        entry, fd = session.core.files.resolve(
+            fs_path, os.stat(fs_path), route.dir_path, open_large
+        )
     except OSError as exc:
         session.error(failure_status(exc), head_only)
         return
@@ -226,10 +269,10 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
         session.error(403, head_only)
         return
     if entry.is_dir:
-        entry, fd, fs_path = _directory_index(session, route, fs_path, path, head_only)
+        entry, fd, fs_path = _directory_index(session, route, fs_path, path, head_only, open_large)
         if entry is None:
             return
-    # From here `fd` (open on a large file, else -1) is sent from or closed by whoever answers.
+    # From here `fd` (-1, or open on a large file) is sent from or closed by whoever answers.
     headers = request.headers
     vary = b""
     if route.gzip_enable and entry.size >= GZIP_MIN_LENGTH and compressible(entry.mime, route):
@@ -249,13 +292,18 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
         session.respond(304, session.core.responder.head(304, fields, session.keep_alive()), 0)
         return
     if "range" in headers:
-        _serve_range(session, headers, entry, fd, head_only, vary)
+        _serve_range(session, headers, entry, fs_path, fd, head_only, vary)
         return
-    _send_whole(session, entry, fd, head_only, vary)
+    _send_whole(session, entry, fs_path, fd, head_only, vary)
 
 
 def _send_whole(
-    session: Session, entry: FileEntry, fd: int, head_only: bool, extra: bytes = b""
+    session: Session,
+    entry: FileEntry,
+    fs_path: str,
+    fd: int,
+    head_only: bool,
+    extra: bytes = b"",
 ) -> None:
     """A 200 with the whole file; `extra` is more header lines (Vary on gzip routes)."""
     responder = session.core.responder
@@ -268,12 +316,19 @@ def _send_whole(
         body = entry.body
         session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))
     else:
+        if fd < 0:
+            fd = session.core.files.reopen(fs_path, entry)
         head = responder.head(200, fields, session.keep_alive())
         session.respond_file(200, head, FileSegment(fd, 0, entry.size))
 
 
 def _directory_index(
-    session: Session, route: Route, dir_fs: str, url_path: str, head_only: bool
+    session: Session,
+    route: Route,
+    dir_fs: str,
+    url_path: str,
+    head_only: bool,
+    open_large: bool,
 ) -> tuple[FileEntry | None, int, str]:
     """The index file of a directory: (entry, descriptor as `FileCache.resolve` gives, path).
 
@@ -287,7 +342,7 @@ def _directory_index(
             st = os.stat(index_path)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            entry, fd = files.resolve(index_path, st, route.dir_path)
+            entry, fd = files.resolve(index_path, st, route.dir_path, open_large)
         except OSError as exc:
             if exc.errno in NOT_FOUND_ERRNOS:
                 continue
@@ -399,6 +454,7 @@ def _serve_range(
     session: Session,
     headers: dict[str, str],
     entry: FileEntry,
+    fs_path: str,
     fd: int,
     head_only: bool,
     extra: bytes = b"",
@@ -409,7 +465,7 @@ def _serve_range(
     if if_range is None or if_range.strip() in (entry.etag, entry.last_modified):
         wanted = parse_range(headers["range"], entry.size)
     if wanted is None:
-        _send_whole(session, entry, fd, head_only, extra)
+        _send_whole(session, entry, fs_path, fd, head_only, extra)
         return
     if wanted is False:
         if fd >= 0:
@@ -437,6 +493,8 @@ def _serve_range(
             206, responder.head(206, fields, keep_alive, entry.body[start : end + 1]), length
         )
     else:
+        if fd < 0:
+            fd = session.core.files.reopen(fs_path, entry)
         session.respond_file(
             206, responder.head(206, fields, keep_alive), FileSegment(fd, start, length)
         )

@@ -284,9 +284,10 @@ def serve_gzip(
     """Answer a compressible file with its gzip variant; False to fall back to identity.
 
     The caller has checked that the route enables gzip, the type is compressible, the file is
-    big enough, the client accepts gzip and the request is not a Range request. `fd` is the
-    validated descriptor of a file whose body is not cached (-1 otherwise): once this answers,
-    it has streamed from `fd` or closed it; on False, `fd` is still the caller's.
+    big enough, the client accepts gzip and the request is not a Range request. `fd` is -1 or
+    a descriptor `file_serve` checked to be the file `entry` describes: once this answers, it
+    has streamed from `fd` or closed it; on False, `fd` is still the caller's. A stream with no
+    descriptor yet gets one from `FileCache.reopen` (which may raise `StaleEntry`).
     """
     core = session.core
     responder = core.responder
@@ -331,9 +332,12 @@ def serve_gzip(
         return False  # no chunked framing for HTTP/1.0 and the length is not known yet
     fields = _variant_fields(entry, etag, b"Transfer-Encoding: chunked\r\n")
     if head_only:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         session.respond(200, responder.head(200, fields, keep_alive), 0)
         return True
+    if fd < 0:
+        fd = core.files.reopen(fs_path, entry)
     core.stats.gzip_responses += 1
     stream = GzipFileStream(session, fd, entry, key, level, etag)
     session.stream(stream)
