@@ -48,26 +48,26 @@ def race_site() -> Iterator[Path]:
     shutil.rmtree(scratch)
 
 
-def _race_site(site: Path) -> tuple[Path, list[tuple[Path, Path, Path]]]:
-    """Inside files and their same-sized secret twins outside; (link, inside, outside) triples."""
+def _race_links(site: Path) -> list[tuple[Path, Path, Path]]:
+    """Inside files and their same-sized secret twins outside: (link, inside, outside) triples."""
     outside = site.parent / "outside"
     outside.mkdir()
     (outside / "TOPSECRET.txt").write_bytes(MARKER)  # a name the listing must never show
-    pairs = []
+    links = []
     for name, size in (("small.txt", SMALL), ("big.txt", BIG)):
         (site / f"in-{name}").write_bytes(b"inside ok!" * (size // 10))
         (outside / name).write_bytes(b"TOPSECRET!" * (size // 10))
-        pairs.append((site / f"race-{name}", site / f"in-{name}", outside / name))
+        links.append((site / f"race-{name}", site / f"in-{name}", outside / name))
     (site / "indexed").mkdir()
     (site / "in-index.html").write_bytes(b"<p>inside ok</p>\n")
     (outside / "index.html").write_bytes(b"<p>TOPSECRET</p>\n")
-    pairs.append((site / "indexed" / "index.html", site / "in-index.html", outside / "index.html"))
+    links.append((site / "indexed" / "index.html", site / "in-index.html", outside / "index.html"))
     (site / "listed").mkdir()
     (site / "listed" / "plain.txt").write_bytes(b"inside ok!")
-    pairs.append((site / "race-dir", site / "listed", outside))
-    for link, inside, _ in pairs:
+    links.append((site / "race-dir", site / "listed", outside))
+    for link, inside, _ in links:
         link.symlink_to(inside)
-    return outside, pairs
+    return links
 
 
 # Points each link (argv: link, inside, outside, link, ...) out and back in as fast as it can,
@@ -106,12 +106,12 @@ def swapping(triples: list[tuple[Path, Path, Path]], server_thread: int) -> Iter
 
 
 def test_symlink_swapped_in_and_out_never_serves_the_outside_file(start_server, race_site):
-    site = race_site
-    _, pairs = _race_site(site)
+    links = _race_links(race_site)
+    root = str(race_site)
     server = start_server(
         [
-            {"req_path": "/", "type": "file_serve", "dir_path": str(site), "dir_listing": True},
-            {"req_path": "/gz", "type": "file_serve", "dir_path": str(site), "gzip_enable": True},
+            {"req_path": "/", "type": "file_serve", "dir_path": root, "dir_listing": True},
+            {"req_path": "/gz", "type": "file_serve", "dir_path": root, "gzip_enable": True},
         ]
     )
     targets = [
@@ -125,7 +125,7 @@ def test_symlink_swapped_in_and_out_never_serves_the_outside_file(start_server, 
     leaks: dict[str, int] = {}
     statuses: dict[int, int] = {}
     client = Client(server.port)
-    with swapping(pairs, server.thread.native_id):
+    with swapping(links, server.thread.native_id):
         for _ in range(100):
             for target, headers in targets:
                 res = client.request("GET", target, headers)
