@@ -1,10 +1,14 @@
-"""The file module: `file_serve` routes — stat, validate, cache metadata, answer from disk.
+"""The file module: `file_serve` routes — open, validate, cache metadata, answer from disk.
 
 Every request stats the file; the cache entry (MIME type, validators, the pre-encoded header
-block and, for small files, the body) is reused while the inode, size and mtime still match.
-A path is resolved with `realpath` only when its entry is (re)built, so symlinks that lead out
-of `dir_path` are refused without paying for a resolve on every hit. Large bodies move with
-`os.sendfile` through a file segment in the client pipe; small ones sit in memory, bounded.
+block and, for small files, the body) is reused while device, inode, size and mtime still match.
+An entry is only ever built from an open descriptor whose target was checked to lie inside
+`dir_path` (its path read back from /proc/self/fd), so what a path resolved to a moment before
+the open cannot matter: a symlink swapped in and out never gets an outside file served. A large
+body is read from a descriptor opened when the answer needs it and checked to be the very file
+its entry describes; if the path leads elsewhere by then, the request is answered afresh. Large
+bodies move with `os.sendfile` through a file segment in the client pipe; small ones sit in
+memory, bounded.
 """
 
 from __future__ import annotations
@@ -31,7 +35,34 @@ SMALL_FILE_BYTES = 64 * 1024  # bodies up to this size are kept in memory
 CACHE_BODY_BYTES = 32 * 1024 * 1024  # bound on all cached bodies together
 CACHE_ENTRIES = 8192
 ALLOW_FIELD = b"Allow: GET, HEAD\r\n"
-_NOT_FOUND_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+# O_NONBLOCK and O_NOCTTY: a FIFO or terminal swapped in for a file cannot stall the loop.
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+NOT_FOUND_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+_FORBIDDEN_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+_EXHAUSTED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_OWS = " \t"
+_MAX_POSITION_DIGITS = 18  # 10**18 bytes is past any file; longer positions need no exact value
+_PAST_ANY_FILE = 10**18
+
+
+def failure_status(exc: OSError) -> int:
+    """The status for a file that could not be stat'ed, opened or read.
+
+    Only a missing file is 404; a server out of descriptors or memory is 503 (the file is there,
+    try again later); permission is 403; anything else is the server's fault.
+    """
+    code = exc.errno
+    if code in NOT_FOUND_ERRNOS:
+        return 404
+    if code in _EXHAUSTED_ERRNOS:
+        return 503
+    if code in _FORBIDDEN_ERRNOS:
+        return 403
+    return 500
+
+
+class StaleEntry(Exception):
+    """The path no longer leads to the file its entry describes, or cannot be opened now."""
 
 
 class FileEntry:
@@ -39,6 +70,7 @@ class FileEntry:
 
     __slots__ = (
         "body",
+        "dev",
         "etag",
         "fields",
         "ino",
@@ -52,6 +84,7 @@ class FileEntry:
     )
 
     def __init__(self, st: os.stat_result, mime: str) -> None:
+        self.dev = st.st_dev
         self.ino = st.st_ino
         self.mtime_ns = st.st_mtime_ns
         self.size = st.st_size
@@ -69,11 +102,13 @@ class FileEntry:
         self.body: bytes | None = None
 
     def matches(self, st: os.stat_result) -> bool:
-        return self.mtime_ns == st.st_mtime_ns and self.size == st.st_size and self.ino == st.st_ino
-
-
-def _inside(real: str, root: str) -> bool:
-    return real == root or real.startswith(root + "/") or root == "/"
+        """Whether `st` is the very file this entry was built from (and unchanged since)."""
+        return (
+            self.mtime_ns == st.st_mtime_ns
+            and self.size == st.st_size
+            and self.ino == st.st_ino
+            and self.dev == st.st_dev
+        )
 
 
 class FileCache:
@@ -89,21 +124,91 @@ class FileCache:
         self._roots.clear()
         self.body_bytes = 0
 
-    def lookup(self, fs_path: str, st: os.stat_result, dir_path: str) -> FileEntry | None:
-        """The entry for a freshly stat'ed path; None if it resolves outside `dir_path`."""
+    def resolve(
+        self, fs_path: str, st: os.stat_result, dir_path: str, open_large: bool = False
+    ) -> tuple[FileEntry | None, int]:
+        """What `fs_path`, just stat'ed as `st`, serves: (entry, descriptor or -1).
+
+        When `st` matches the cached entry, the stat alone answers: the entry came from a
+        validated file, and `matches` tells that very file apart from any other. A large body is
+        then read through `reopen`, once the answer needs it (unless `open_large`). Otherwise the
+        path is opened and what was opened is compared with the entry, or validated and cached
+        afresh; a large file then comes with that descriptor, for the caller to send from or
+        close. (None, -1) when what was opened lies outside `dir_path` or is neither a regular
+        file nor a directory. OSError if the open fails.
+        """
         entry = self.entries.get(fs_path)
-        if entry is not None and entry.matches(st):
-            return entry
+        if (
+            entry is not None
+            and entry.matches(st)
+            and (entry.body is not None or entry.is_dir or not open_large)
+        ):
+            return entry, -1
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return None, -1  # a device or FIFO is not even opened
+        fd = os.open(fs_path, OPEN_FLAGS)
+        try:
+            opened = os.fstat(fd)
+            if entry is None or not entry.matches(opened):
+                entry = self._validate(fs_path, fd, opened, dir_path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if entry is None or entry.body is not None or entry.is_dir:
+            os.close(fd)
+            return entry, -1
+        return entry, fd
+
+    def reopen(self, fs_path: str, entry: FileEntry) -> int:
+        """A descriptor on the very file `entry` describes, to read its body from.
+
+        StaleEntry if `fs_path` leads elsewhere by now, or cannot be opened: answered afresh,
+        the request then meets what is there (or why the open fails) with the right headers.
+        """
+        try:
+            fd = os.open(fs_path, OPEN_FLAGS)
+        except OSError:
+            raise StaleEntry from None
+        try:
+            same = entry.matches(os.fstat(fd))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            raise StaleEntry
+        return fd
+
+    def open_dir(self, fs_path: str, dir_path: str) -> int:
+        """A descriptor on the directory `fs_path` opens to; -1 if it lies outside `dir_path`."""
+        fd = os.open(fs_path, OPEN_FLAGS | os.O_DIRECTORY)
+        if self._opened_inside(fd, dir_path):
+            return fd
+        os.close(fd)
+        return -1
+
+    def _validate(
+        self, fs_path: str, fd: int, st: os.stat_result, dir_path: str
+    ) -> FileEntry | None:
+        """A new entry for the file open on `fd` (stat'ed as `st`), if it may be served."""
+        is_file = stat.S_ISREG(st.st_mode)
+        if not (is_file or stat.S_ISDIR(st.st_mode)) or not self._opened_inside(fd, dir_path):
+            return None
+        entry = FileEntry(st, guess_type(fs_path))
+        if is_file and entry.size <= SMALL_FILE_BYTES:
+            entry.body = _read_small(fd, entry.size)
+        self._store(fs_path, entry)
+        return entry
+
+    def _opened_inside(self, fd: int, dir_path: str) -> bool:
+        """Whether the file open on `fd` lies inside `dir_path`, wherever the path led."""
         root = self._roots.get(dir_path)
         if root is None:
             root = self._roots[dir_path] = os.path.realpath(dir_path)
-        if not _inside(os.path.realpath(fs_path), root):
-            return None
-        entry = FileEntry(st, guess_type(fs_path))
-        if stat.S_ISREG(st.st_mode) and entry.size <= SMALL_FILE_BYTES:
-            entry.body = _read_small(fs_path, entry.size)
-        self._store(fs_path, entry)
-        return entry
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return False  # no /proc: where the descriptor leads cannot be known, so serve nothing
+        return real == root or real.startswith(root + "/") or root == "/"
 
     def _store(self, fs_path: str, entry: FileEntry) -> None:
         entries = self.entries
@@ -120,20 +225,31 @@ class FileCache:
                 self.body_bytes -= len(evicted.body)
 
 
-def _read_small(fs_path: str, size: int) -> bytes | None:
-    """One bounded read; None (serve by sendfile instead) if the file changed meanwhile."""
+def _read_small(fd: int, size: int) -> bytes | None:
+    """One bounded read; None (serve from the descriptor instead) if the file changed meanwhile.
+
+    `pread` leaves the file offset at 0 for a gzip stream that may read the descriptor next.
+    """
     try:
-        fd = os.open(fs_path, os.O_RDONLY | os.O_CLOEXEC)
+        data = os.pread(fd, size + 1, 0)
     except OSError:
         return None
-    try:
-        data = os.read(fd, size + 1)
-    finally:
-        os.close(fd)
     return data if len(data) == size else None
 
 
 def serve_file(session: Session, request: Request, route: Route, path: str) -> None:
+    """Answer a GET or HEAD for the decoded, normalised `path` on a `file_serve` route."""
+    try:
+        _serve_file(session, request, route, path, False)
+    except StaleEntry:
+        # The file changed between the stat and the open (nothing was sent): answer afresh,
+        # opening a large file before deciding anything.
+        _serve_file(session, request, route, path, True)
+
+
+def _serve_file(
+    session: Session, request: Request, route: Route, path: str, open_large: bool
+) -> None:
     method = request.method
     if method != "GET" and method != "HEAD":
         session.error(405, extra=ALLOW_FIELD)
@@ -143,22 +259,20 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
     rel = path if req_path == "/" else path[len(req_path) :]
     fs_path = route.dir_path + rel
     try:
-        st = os.stat(fs_path)
+        entry, fd = session.core.files.resolve(
+            fs_path, os.stat(fs_path), route.dir_path, open_large
+        )
     except OSError as exc:
-        session.error(404 if exc.errno in _NOT_FOUND_ERRNOS else 403, head_only)
+        session.error(failure_status(exc), head_only)
         return
-    files = session.core.files
-    entry = files.lookup(fs_path, st, route.dir_path)
     if entry is None:
         session.error(403, head_only)
         return
     if entry.is_dir:
-        entry, fs_path = _directory_index(session, route, fs_path, path, head_only)
+        entry, fd, fs_path = _directory_index(session, route, fs_path, path, head_only, open_large)
         if entry is None:
             return
-    elif not stat.S_ISREG(st.st_mode):
-        session.error(403, head_only)
-        return
+    # From here `fd` (-1, or open on a large file) is sent from or closed by whoever answers.
     headers = request.headers
     vary = b""
     if route.gzip_enable and entry.size >= GZIP_MIN_LENGTH and compressible(entry.mime, route):
@@ -166,67 +280,108 @@ def serve_file(session: Session, request: Request, route: Route, path: str) -> N
         if (
             "range" not in headers
             and accepts_gzip(headers)
-            and serve_gzip(session, request, route, entry, fs_path, head_only)
+            and serve_gzip(session, request, route, entry, fs_path, fd, head_only)
         ):
             return
     if ("if-none-match" in headers or "if-modified-since" in headers) and _not_modified(
         headers, entry
     ):
+        if fd >= 0:
+            os.close(fd)
         fields = b"Content-Length: %d\r\n%s%s" % (entry.size, entry.validators, vary)
         session.respond(304, session.core.responder.head(304, fields, session.keep_alive()), 0)
         return
     if "range" in headers:
-        _serve_range(session, headers, entry, fs_path, head_only, vary)
+        _serve_range(session, headers, entry, fs_path, fd, head_only, vary)
         return
-    _send_whole(session, entry, fs_path, head_only, vary)
+    _send_whole(session, entry, fs_path, fd, head_only, vary)
 
 
 def _send_whole(
-    session: Session, entry: FileEntry, fs_path: str, head_only: bool, extra: bytes = b""
+    session: Session,
+    entry: FileEntry,
+    fs_path: str,
+    fd: int,
+    head_only: bool,
+    extra: bytes = b"",
 ) -> None:
     """A 200 with the whole file; `extra` is more header lines (Vary on gzip routes)."""
     responder = session.core.responder
     fields = entry.fields + extra if extra else entry.fields
     if head_only:
+        if fd >= 0:
+            os.close(fd)
         session.respond(200, responder.head(200, fields, session.keep_alive()), 0)
     elif entry.body is not None:
         body = entry.body
         session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))
     else:
+        if fd < 0:
+            fd = session.core.files.reopen(fs_path, entry)
         head = responder.head(200, fields, session.keep_alive())
-        _send_segment(session, 200, head, fs_path, 0, entry.size)
+        session.respond_file(200, head, FileSegment(fd, 0, entry.size))
 
 
 def _directory_index(
-    session: Session, route: Route, dir_fs: str, url_path: str, head_only: bool
-) -> tuple[FileEntry | None, str]:
-    """The index file's entry for a directory, or answer with a listing or 403 and return None."""
+    session: Session,
+    route: Route,
+    dir_fs: str,
+    url_path: str,
+    head_only: bool,
+    open_large: bool,
+) -> tuple[FileEntry | None, int, str]:
+    """The index file of a directory: (entry, descriptor as `FileCache.resolve` gives, path).
+
+    Without one, answer with a listing or an error and return (None, -1, `dir_fs`).
+    """
+    files = session.core.files
     base = dir_fs.rstrip("/") + "/"
     for name in route.index:
         index_path = base + name
         try:
             st = os.stat(index_path)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            entry = session.core.files.lookup(index_path, st, route.dir_path)
-            if entry is not None:
-                return entry, index_path
-    if not route.dir_listing:
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            entry, fd = files.resolve(index_path, st, route.dir_path, open_large)
+        except OSError as exc:
+            if exc.errno in NOT_FOUND_ERRNOS:
+                continue
+            session.error(failure_status(exc), head_only)
+            return None, -1, dir_fs
+        if entry is not None and not entry.is_dir:
+            return entry, fd, index_path
+    if route.dir_listing:
+        _send_listing(session, route, dir_fs, url_path, head_only)
+    else:
         session.error(403, head_only)
-        return None, dir_fs
+    return None, -1, dir_fs
+
+
+def _send_listing(
+    session: Session, route: Route, dir_fs: str, url_path: str, head_only: bool
+) -> None:
+    """The listing of the directory open on a descriptor checked to lie inside the route."""
     try:
-        body = render_listing(url_path, dir_fs, session.core.config.server_name)
-    except OSError:
+        fd = session.core.files.open_dir(dir_fs, route.dir_path)
+    except OSError as exc:
+        session.error(failure_status(exc), head_only)
+        return
+    if fd < 0:
         session.error(403, head_only)
-        return None, dir_fs
+        return
+    try:
+        body = render_listing(url_path, fd, session.core.config.server_name)
+    except OSError as exc:
+        session.error(failure_status(exc), head_only)
+        return
+    finally:
+        os.close(fd)
     fields = b"Content-Type: text/html\r\nContent-Length: %d\r\n" % len(body)
     if head_only:
         body = b""
     session.respond(
         200, session.core.responder.head(200, fields, session.keep_alive(), body), len(body)
     )
-    return None, dir_fs
 
 
 def _not_modified(headers: dict[str, str], entry: FileEntry) -> bool:
@@ -244,30 +399,55 @@ def _not_modified(headers: dict[str, str], entry: FileEntry) -> bool:
     return entry.mtime <= since
 
 
+def _digits(text: str) -> str | None:
+    """`text` without its leading zeros ("0" for zeros) if it is ASCII digits only, else None.
+
+    `str.isdigit` and `int` alone also take other digits ("²", "٣"), and `int` refuses
+    thousands of them: a Range header must not reach either unchecked.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return text.lstrip("0") or "0"
+
+
+def _position(digits: str) -> int:
+    """The value of `_digits` output, capped where no file reaches (keeps `int` bounded)."""
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else _PAST_ANY_FILE
+
+
 def parse_range(value: str, size: int) -> tuple[int, int] | bool | None:
-    """One `bytes=` range -> (start, end inclusive); None to ignore it; False if unsatisfiable."""
+    """One `bytes=` range -> (start, end inclusive); None to ignore it; False if unsatisfiable.
+
+    RFC 9110 §14.1.2 with ASCII digits only, spaces and tabs allowed around the tokens. Other
+    units, several ranges and anything malformed are ignored (the whole body is sent).
+    """
     unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None  # other units and multi-range requests get the whole body
-    first, dash, last = spec.strip().partition("-")
+    if unit.strip(_OWS).lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.partition("-")
     if not dash:
         return None
-    first = first.strip()
-    last = last.strip()
-    if not (first.isdigit() or (not first and last.isdigit())) or (last and not last.isdigit()):
+    first_text = first_text.strip(_OWS)
+    last_text = last_text.strip(_OWS)
+    last = _digits(last_text) if last_text else ""
+    if last is None:
         return None
-    if not first:
-        suffix = int(last)
+    if not first_text:
+        if not last:
+            return None
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             return False
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
-        return None  # syntactically invalid: ignore the header
+    first = _digits(first_text)
+    if first is None:
+        return None
+    if last and (len(last), last) < (len(first), first):
+        return None  # last-pos before first-pos: invalid, so ignored
+    start = _position(first)
     if start >= size:
         return False
-    return start, min(end, size - 1)
+    return start, min(_position(last), size - 1) if last else size - 1
 
 
 def _serve_range(
@@ -275,6 +455,7 @@ def _serve_range(
     headers: dict[str, str],
     entry: FileEntry,
     fs_path: str,
+    fd: int,
     head_only: bool,
     extra: bytes = b"",
 ) -> None:
@@ -284,9 +465,11 @@ def _serve_range(
     if if_range is None or if_range.strip() in (entry.etag, entry.last_modified):
         wanted = parse_range(headers["range"], entry.size)
     if wanted is None:
-        _send_whole(session, entry, fs_path, head_only, extra)
+        _send_whole(session, entry, fs_path, fd, head_only, extra)
         return
     if wanted is False:
+        if fd >= 0:
+            os.close(fd)
         session.error(416, head_only, b"Content-Range: bytes */%d\r\n" % entry.size)
         return
     start, end = wanted
@@ -302,21 +485,16 @@ def _serve_range(
     )
     keep_alive = session.keep_alive()
     if head_only:
+        if fd >= 0:
+            os.close(fd)
         session.respond(206, responder.head(206, fields, keep_alive), 0)
     elif entry.body is not None:
         session.respond(
             206, responder.head(206, fields, keep_alive, entry.body[start : end + 1]), length
         )
     else:
-        _send_segment(session, 206, responder.head(206, fields, keep_alive), fs_path, start, length)
-
-
-def _send_segment(
-    session: Session, status: int, head: bytes, fs_path: str, offset: int, count: int
-) -> None:
-    try:
-        fd = os.open(fs_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        session.error(404)
-        return
-    session.respond_file(status, head, FileSegment(fd, offset, count))
+        if fd < 0:
+            fd = session.core.files.reopen(fs_path, entry)
+        session.respond_file(
+            206, responder.head(206, fields, keep_alive), FileSegment(fd, start, length)
+        )

@@ -10,9 +10,10 @@ The pieces are meant to be reused by any source (files here, upstream bodies in 
 - `GzipEncoder`: the stage itself, ``feed(bytes) -> bytes`` / ``finish() -> bytes``.
 
 For `file_serve`, compressed files are kept in a bounded LRU (`GzipCache`) keyed by path,
-inode, size, mtime and level, so a repeated request costs no compression at all. A small file
-is compressed in one go; a large one not yet cached streams through `GzipFileStream`, which
-reads and compresses 64 KiB at a time only while the client pipe is below its threshold, sends
+device, inode, size, mtime and level, so a repeated request costs no compression at all. A small
+file is compressed from its cached body; a large one not yet cached streams through
+`GzipFileStream`, which reads the descriptor `file_serve` opened and validated (never the path
+again) and compresses 64 KiB at a time only while the client pipe is below its threshold, sends
 chunked, and fills the cache as a by-product once the whole file went through.
 
 The gzip variant is a different representation: its ETag is the file's with ``-gzip`` inside
@@ -178,7 +179,7 @@ def chunk(data: bytes) -> bytes:
 
 
 # --- the cache -----------------------------------------------------------------------------------
-CacheKey = tuple[str, int, int, int, int]  # path, inode, size, mtime_ns, level
+CacheKey = tuple[str, int, int, int, int, int]  # path, device, inode, size, mtime_ns, level
 
 
 class GzipVariant:
@@ -277,18 +278,22 @@ def serve_gzip(
     route: Route,
     entry: FileEntry,
     fs_path: str,
+    fd: int,
     head_only: bool,
 ) -> bool:
     """Answer a compressible file with its gzip variant; False to fall back to identity.
 
     The caller has checked that the route enables gzip, the type is compressible, the file is
-    big enough, the client accepts gzip and the request is not a Range request.
+    big enough, the client accepts gzip and the request is not a Range request. `fd` is -1 or
+    a descriptor `file_serve` checked to be the file `entry` describes: once this answers, it
+    has streamed from `fd` or closed it; on False, `fd` is still the caller's. A stream with no
+    descriptor yet gets one from `FileCache.reopen` (which may raise `StaleEntry`).
     """
     core = session.core
     responder = core.responder
     cache = core.gzip_cache
     level = route.gzip_level
-    key = (fs_path, entry.ino, entry.size, entry.mtime_ns, level)
+    key = (fs_path, entry.dev, entry.ino, entry.size, entry.mtime_ns, level)
     etag = gzip_etag(entry.etag)
     headers = request.headers
     variant = cache.get(key)
@@ -300,6 +305,8 @@ def serve_gzip(
     if ("if-none-match" in headers or "if-modified-since" in headers) and _not_modified(
         headers, etag, entry.mtime
     ):
+        if fd >= 0:
+            os.close(fd)
         length = b"" if variant is None else b"Content-Length: %d\r\n" % len(variant.body)
         fields = b"%sLast-Modified: %s\r\nETag: %s\r\n%s%s" % (
             length,
@@ -312,6 +319,8 @@ def serve_gzip(
         return True
     keep_alive = session.keep_alive()
     if variant is not None:
+        if fd >= 0:
+            os.close(fd)
         core.stats.gzip_responses += 1
         if head_only:
             session.respond(200, responder.head(200, variant.fields, keep_alive), 0)
@@ -323,13 +332,12 @@ def serve_gzip(
         return False  # no chunked framing for HTTP/1.0 and the length is not known yet
     fields = _variant_fields(entry, etag, b"Transfer-Encoding: chunked\r\n")
     if head_only:
+        if fd >= 0:
+            os.close(fd)
         session.respond(200, responder.head(200, fields, keep_alive), 0)
         return True
-    try:
-        fd = os.open(fs_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        session.error(404)
-        return True
+    if fd < 0:
+        fd = core.files.reopen(fs_path, entry)
     core.stats.gzip_responses += 1
     stream = GzipFileStream(session, fd, entry, key, level, etag)
     session.stream(stream)

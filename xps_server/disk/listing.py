@@ -1,6 +1,7 @@
 """Directory listing: the HTML page for a directory without an index when `dir_listing` is on.
 
-Links sit in `<table><tr><td><a href=...>` with absolute, percent-encoded hrefs (SPEC §3).
+Links sit in `<table><tr><td><a href=...>` with absolute, percent-encoded hrefs (SPEC §3). The
+directory is read from a descriptor the caller opened and checked, never by its path.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import time
 from urllib.parse import quote
 
 
-def render_listing(url_path: str, dir_fs: str, server_name: str) -> bytes:
-    """The listing page for `dir_fs`, linked under the decoded URL path `url_path`."""
+def render_listing(url_path: str, dir_fd: int, server_name: str) -> bytes:
+    """The listing page for the directory open on `dir_fd`, linked under the URL path `url_path`.
+
+    `dir_fd` stays open (the caller closes it); OSError if it cannot be read.
+    """
     base = url_path.rstrip("/")
     entries = []
-    with os.scandir(dir_fs) as scan:
+    with os.scandir(dir_fd) as scan:
         for item in scan:
             if item.name.startswith("."):
                 continue  # hidden files stay hidden, as with nginx autoindex
