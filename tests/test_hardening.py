@@ -153,6 +153,14 @@ def test_pipelined_requests_wait_while_a_response_is_queued(start_server, tmp_pa
     assert 0 < queued <= response
     assert written >= (taken - 1) * 60 * 1024
     assert taken < 10
+
+    def queued_body_is_the_cached_one() -> bool:
+        cached = next(iter(core.files.entries.values())).body
+        items = next(iter(core.sessions.values())).conn.out.items
+        return any((i.obj if isinstance(i, memoryview) else i) is cached for i in items)
+
+    # What waits is a view of the cached bytes, not a copy per client.
+    assert server.call(queued_body_is_the_cached_one)
     sock.close()
     wait_until(lambda: server.call(lambda: not core.sessions))
 

@@ -313,8 +313,7 @@ def _send_whole(
             os.close(fd)
         session.respond(200, responder.head(200, fields, session.keep_alive()), 0)
     elif entry.body is not None:
-        body = entry.body
-        session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))
+        session.respond_body(200, responder.head(200, fields, session.keep_alive()), entry.body)
     else:
         if fd < 0:
             fd = session.core.files.reopen(fs_path, entry)

@@ -325,8 +325,7 @@ def serve_gzip(
         if head_only:
             session.respond(200, responder.head(200, variant.fields, keep_alive), 0)
         else:
-            body = variant.body
-            session.respond(200, responder.head(200, variant.fields, keep_alive, body), len(body))
+            session.respond_body(200, responder.head(200, variant.fields, keep_alive), variant.body)
         return True
     if request.version == "1.0":
         return False  # no chunked framing for HTTP/1.0 and the length is not known yet
