@@ -85,8 +85,20 @@ def policy(start_server, site, tmp_path):
 def _control(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)
-    sock.connect(path)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
     return sock
+
+
+def _connected(path: str) -> socket.socket | None:
+    """A connection to the control socket, or None while it does not listen yet."""
+    try:
+        return _control(path)
+    except ConnectionRefusedError:
+        return None
 
 
 # --- a flood of blocks ----------------------------------------------------------------------
@@ -463,6 +475,11 @@ def test_a_subprocess_server_with_a_deep_state_file_starts_and_says_why(site, tm
     )
     try:
         wait_until(sock.exists, timeout=20)
+        control = wait_until(lambda: _connected(str(sock)), timeout=20)
+        replies = Lines(control)
+        control.sendall(b'{"cmd": "ping"}\n')
+        assert replies.read()["result"] == "pong"  # serving: its signal handlers are set
+        control.close()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
