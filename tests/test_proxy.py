@@ -21,6 +21,7 @@ from tests.helpers import (
     wait_until,
 )
 from xps_server.config import parse_config
+from xps_server.control import CommandAPI
 from xps_server.network import upstream as upstream_module
 
 # Short enough to keep the suite fast, long enough never to fire by accident.
@@ -844,6 +845,13 @@ def _proxy_config(port: int, state, *addrs: str, **route) -> dict:
     return server_config(port, routes, state_file=str(state), timeouts=FAST)
 
 
+def _command(server: RunningServer, name: str, **args) -> dict:
+    """An operator command as the console sends it: it answers once the state file holds it."""
+    reply = CommandAPI(server.core).submit({"cmd": name, "args": args}).result(5)
+    assert reply["ok"], reply
+    return reply["result"]
+
+
 def test_a_drain_survives_a_restart_and_enable_forgets_it(backends, tmp_path):
     a, b = backends(name="a"), backends(name="b")
     state = tmp_path / "state.json"
@@ -853,7 +861,7 @@ def test_a_drain_survives_a_restart_and_enable_forgets_it(backends, tmp_path):
     first = RunningServer(config, tmp_path)
     try:
         assert upstream(first, a.addr)["state"] == "up"
-        row = first.call(lambda: first.core.drain_upstream(a.addr))
+        row = _command(first, "drain", upstream=a.addr)
         assert row["state"] == "draining" and row["persisted"] is True
     finally:
         first.stop()
@@ -864,7 +872,7 @@ def test_a_drain_survives_a_restart_and_enable_forgets_it(backends, tmp_path):
     try:
         assert upstream(second, a.addr)["state"] == "draining"
         assert {backend_of(get(second)) for _ in range(4)} == {"b"}
-        row = second.call(lambda: second.core.enable_upstream(a.addr))
+        row = _command(second, "enable", upstream=a.addr)
         assert row["state"] == "up" and row["persisted"] is True
         assert {backend_of(get(second)) for _ in range(4)} == {"a", "b"}
     finally:
@@ -885,7 +893,7 @@ def test_enable_after_a_passive_down_persists_nothing(backends, tmp_path):
     config = _proxy_config(free_port(), state, dead, live.addr, max_fails=1, fail_timeout=30)
     server = RunningServer(config, tmp_path)
     try:
-        server.call(lambda: server.core.drain_upstream(live.addr))
+        _command(server, "drain", upstream=live.addr)
         assert get(server).status == 502  # only the dead one left: refused, now down
         assert upstream(server, dead)["state"] == "down"
         assert server.call(lambda: server.core.enable_upstream(dead))["state"] == "up"
@@ -919,7 +927,7 @@ def test_a_drain_is_reapplied_when_a_reload_brings_the_upstream_back(backends, t
         assert {backend_of(get(server)) for _ in range(4)} == {"b"}
         # Gone from the config again: its drain can still be forgotten by its name.
         server.call(lambda: core.apply(config(b.addr)))
-        assert server.call(lambda: core.enable_upstream(a.addr))["state"] == "unknown"
+        assert _command(server, "enable", upstream=a.addr)["state"] == "unknown"
         assert json.loads(state.read_text())["drained"] == []
         with pytest.raises(KeyError):
             server.call(lambda: core.enable_upstream(a.addr))

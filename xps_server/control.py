@@ -5,6 +5,21 @@ JSON-able result: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."
 embedded console submits commands from its own thread (`CommandAPI.submit`, which crosses over
 through the loop's wake-up fd); headless, `ControlServer` speaks the same commands as JSON lines
 on a Unix socket (mode 0600) and streams events to subscribers. One API, two transports.
+
+A command that changes what the state file holds (block, unblock, gzip, drain, enable) takes
+effect at once, but its reply waits until the runtime says the state as it was after the
+command is on disk (`Runtime.when_durable`): the result then carries `"persisted": true`
+(written and fsynced), `false` (the write failed) or `null` (no state_file). The loop never
+waits for the disk: the reply is handed over later (`CommandAPI.run` takes a callback), and
+one fsync answers every command that came before it (group commit). The control socket keeps
+each connection's replies in request order, a reply that is ready waiting behind one that is
+not.
+
+The control socket never lets one peer hold the loop: a connection executes at most
+`COMMANDS_PER_TURN` commands, then stops reading and continues on the next loop turn, so HTTP
+traffic is served between the chunks of a pipelined batch; it also stops while its replies are
+not read (`Connection.out` over its threshold) or `MAX_PENDING_REPLIES` replies wait for the
+disk. Events go to a subscriber in chunks of `EVENTS_PER_TURN`, one per loop turn.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ import os
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +48,12 @@ log = logging.getLogger("xps.control")
 
 MAX_LINE = 1 << 20  # a command line longer than this is malformed
 EVENT_FLUSH_INTERVAL = 0.05  # control-socket subscribers get events in batches, 20 per second
+EVENT_BATCH = 2000  # events per batch for a subscriber without a max_rate
+EVENTS_PER_TURN = 250  # a batch goes out in chunks this big, one per loop turn
 SUBSCRIBER_QUEUE = 20_000
 SESSION_ROWS = 200  # a snapshot lists at most this many sessions unless asked otherwise
+COMMANDS_PER_TURN = 64  # commands one control connection executes before the loop moves on
+MAX_PENDING_REPLIES = 4096  # replies waiting for the disk before a connection stops reading
 
 
 class CommandError(Exception):
@@ -90,7 +110,7 @@ _SORT_KEYS: dict[str, Callable[[Session], Any]] = {
 
 
 class CommandAPI:
-    """The named operator commands over one core; `execute` runs on the loop thread."""
+    """The named operator commands over one core; `run` runs on the loop thread."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -107,43 +127,66 @@ class CommandAPI:
         }
         # Commands that change the server are announced as operator_action events.
         self.mutating = frozenset(("block", "unblock", "gzip", "kill", "drain", "enable", "reload"))
+        # Commands that change what the state file holds: their results say if it holds it.
+        self.saved = frozenset(("block", "unblock", "gzip", "drain", "enable"))
 
     # --- dispatch -------------------------------------------------------------------------
-    def execute(self, message: Any) -> dict:
-        """Apply one command message `{"cmd": name, "args": {...}}`; never raises."""
+    def run(self, message: Any, done: Callable[[dict], None]) -> None:
+        """Apply one command message `{"cmd": name, "args": {...}}` on the loop thread and hand
+        its reply to `done`: at once, or, for a command that changes the state file, once the
+        runtime says that change is on disk (a later loop turn). Never raises."""
+        name, args, reply = self._apply(message)
+        if reply["ok"] and name in self.saved:
+            result = reply["result"]
+
+            def durable(persisted: bool | None) -> None:
+                result["persisted"] = persisted
+                self._announce(name, args, reply)
+                done(reply)
+
+            self.core.runtime.when_durable(durable)
+        else:
+            self._announce(name, args, reply)
+            done(reply)
+
+    def _apply(self, message: Any) -> tuple[Any, dict, dict]:
         if not isinstance(message, dict):
-            return {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
+            return None, {}, {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
         name = message.get("cmd")
         args = message.get("args", {})
         if args is None:
             args = {}
         handler = self.commands.get(name) if isinstance(name, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown command {name!r}"}
+            return None, {}, {"ok": False, "error": f"unknown command {name!r}"}
         if not isinstance(args, dict):
-            return {"ok": False, "error": "'args' must be a JSON object"}
+            return None, {}, {"ok": False, "error": "'args' must be a JSON object"}
         try:
-            result = handler(args)
-            reply = {"ok": True, "result": result}
+            reply = {"ok": True, "result": handler(args)}
         except CommandError as exc:
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:
             log.exception("command %s failed", name)
             reply = {"ok": False, "error": f"internal error: {exc}"}
-        if name in self.mutating:
-            bus = self.core.bus
-            if bus.active:
-                summary = reply.get("error") or _summary(reply.get("result"))
-                bus.publish(OperatorAction(time.time(), name, dict(args), reply["ok"], summary))
-        return reply
+        return name, args, reply
+
+    def _announce(self, name: Any, args: dict, reply: dict) -> None:
+        """Commands that change the server become operator_action events."""
+        bus = self.core.bus
+        if name in self.mutating and bus.active:
+            summary = reply.get("error") or _summary(reply.get("result"))
+            # Arguments are scalars; anything nested is no argument and stays off the bus.
+            shown = {k: v for k, v in args.items() if not isinstance(v, dict | list)}
+            bus.publish(OperatorAction(time.time(), name, shown, reply["ok"], summary))
 
     def submit(self, message: Any) -> concurrent.futures.Future:
-        """From any thread: run the command on the loop thread; the future gets the reply."""
+        """From any thread: run the command on the loop thread; the future gets the reply (for
+        a command that changes the state file, once the change is on disk or failed to be)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def run() -> None:
             if future.set_running_or_notify_cancel():
-                future.set_result(self.execute(message))
+                self.run(message, future.set_result)
 
         self.core.loop.call_soon_threadsafe(run)
         return future
@@ -239,48 +282,133 @@ def _summary(result: Any) -> str:
 
 
 # --- the control socket ---------------------------------------------------------------------
+class _Reply:
+    """A reply's place in a connection's output order; `line` is None until it is known."""
+
+    __slots__ = ("line",)
+
+    def __init__(self) -> None:
+        self.line: bytes | None = None
+
+
 class ControlClient:
-    """One control-socket peer: JSON lines in, replies and (once subscribed) events out."""
+    """One control-socket peer: JSON lines in, replies (in request order) and, once
+    subscribed, events out. Commands run a chunk per loop turn; see the module docstring."""
 
     def __init__(self, server: ControlServer, conn: Connection) -> None:
         self.server = server
         self.conn = conn
+        self.loop = server.core.loop
         self.buffer = bytearray()
+        self.replies: deque[_Reply] = deque()  # in request order, the oldest first
         self.subscription: Subscription | None = None
         self.reported_drops = 0
-        self.batch = 2000  # events per flush
+        self.batch = EVENT_BATCH  # events per flush interval
+        self._events_left = 0  # of the current batch, still to send
+        self._eof = False  # the peer sent all it will send: close once everything is answered
+        self._running = False  # in run_commands, which sends the ready replies as it ends
+        self._commands_scheduled = False
+        self._replies_scheduled = False
+        self._events_scheduled = False
 
+    # --- commands in ----------------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
+        self.buffer += data
+        self.run_commands()
+
+    def run_commands(self) -> None:
+        """Execute up to COMMANDS_PER_TURN complete lines; with more waiting, stop reading and
+        go on next turn. Reading resumes once every complete line has been executed."""
+        self._commands_scheduled = False
+        conn = self.conn
         buffer = self.buffer
-        buffer += data
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                if len(buffer) > MAX_LINE:
-                    self.reply({"ok": False, "error": "line too long"})
-                    self.conn.close()
-                return
-            line = bytes(buffer[:end]).strip()
-            del buffer[: end + 1]
-            if line:
-                self.handle_line(line)
-            if self.conn.closed:
-                return
+        start = 0
+        budget = COMMANDS_PER_TURN
+        self._running = True
+        try:
+            while not conn.closed:
+                if conn.out.full() or len(self.replies) >= MAX_PENDING_REPLIES:
+                    conn.pause_reading()  # on_drain or the replies going out start us again
+                    return
+                end = buffer.find(b"\n", start)
+                if end < 0:
+                    if len(buffer) - start > MAX_LINE:
+                        reply = _Reply()
+                        self.replies.append(reply)
+                        self._answer(reply, {"ok": False, "error": "line too long"})
+                        self.send_replies()
+                        conn.close()
+                    break
+                if budget == 0:
+                    conn.pause_reading()
+                    self._schedule_commands()
+                    return
+                line = bytes(buffer[start:end]).strip()
+                start = end + 1
+                if line:
+                    budget -= 1
+                    self.handle_line(line)
+        finally:
+            self._running = False
+            del buffer[:start]
+            self.send_replies()
+        if conn.read_paused and not conn.closed:
+            conn.resume_reading()  # reads what waited, which may run more commands
+        self._close_if_done()
+
+    def _schedule_commands(self) -> None:
+        if not self._commands_scheduled:
+            self._commands_scheduled = True
+            self.loop.call_soon(self.run_commands)
 
     def handle_line(self, line: bytes) -> None:
+        reply = _Reply()
+        self.replies.append(reply)
         try:
             message = json.loads(line)
         except ValueError as exc:
-            self.reply({"ok": False, "error": f"malformed JSON: {exc}"})
+            self._answer(reply, {"ok": False, "error": f"malformed JSON: {exc}"})
+            return
+        except RecursionError:
+            self._answer(reply, {"ok": False, "error": "malformed JSON: nested too deeply"})
             return
         request_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(request_id, dict | list):
+            self._answer(reply, {"ok": False, "error": "'id' must be a string or a number"})
+            return
         if isinstance(message, dict) and message.get("cmd") in ("subscribe", "unsubscribe"):
-            reply = self.set_subscribed(message["cmd"] == "subscribe", message.get("args"))
+            answer = self.set_subscribed(message["cmd"] == "subscribe", message.get("args"))
+            self._answer(reply, answer, request_id)
         else:
-            reply = self.server.api.execute(message)
+            self.server.api.run(message, lambda answer: self._answer(reply, answer, request_id))
+
+    def _answer(self, reply: _Reply, message: dict, request_id: Any = None) -> None:
+        if self.conn.closed:
+            return  # the peer left: nobody to tell
         if request_id is not None:
-            reply = {"id": request_id, **reply}
-        self.reply(reply)
+            message = {"id": request_id, **message}
+        reply.line = json.dumps(message, default=str).encode() + b"\n"
+        if reply is self.replies[0] and not (self._running or self._replies_scheduled):
+            # A reply that waited for the disk: sent at the end of this loop turn, in one
+            # write with every other reply ready by then.
+            self._replies_scheduled = True
+            self.loop.call_soon(self.send_replies)
+
+    # --- replies and events out -----------------------------------------------------------
+    def send_replies(self) -> None:
+        """Send the replies that are ready, in request order, in one write."""
+        self._replies_scheduled = False
+        replies = self.replies
+        lines = []
+        while replies and replies[0].line is not None:
+            lines.append(replies.popleft().line)
+        conn = self.conn
+        if not lines or conn.closed:
+            return
+        conn.send(b"".join(lines))
+        if conn.read_paused and not conn.out.full() and len(replies) < MAX_PENDING_REPLIES:
+            self._schedule_commands()  # it stopped for the replies waiting: go on
+        self._close_if_done()
 
     def set_subscribed(self, on: bool, args: object) -> dict:
         """`max_rate` (events/s) bounds what this peer costs the loop: past it, traffic events
@@ -296,35 +424,64 @@ class ControlClient:
         if on:
             queue = min(SUBSCRIBER_QUEUE, max_rate) if max_rate > 0 else SUBSCRIBER_QUEUE
             self.subscription = self.server.core.bus.subscribe(queue, max_rate)
-            self.batch = max(1, int(max_rate * EVENT_FLUSH_INTERVAL)) if max_rate > 0 else 2000
+            self.batch = (
+                max(1, int(max_rate * EVENT_FLUSH_INTERVAL)) if max_rate > 0 else EVENT_BATCH
+            )
         return {"ok": True, "result": {"subscribed": on, "max_rate": max_rate or None}}
 
-    def reply(self, message: dict) -> None:
-        self.conn.send(json.dumps(message, default=str).encode() + b"\n")
-
     def flush_events(self) -> None:
+        """Start this interval's batch of events (the server's flush timer)."""
+        self._events_left = self.batch
+        if not self._events_scheduled:
+            self.send_events()
+
+    def send_events(self) -> None:
+        """Send one chunk of the batch; the rest goes on the next loop turns."""
+        self._events_scheduled = False
         sub = self.subscription
         conn = self.conn
         if sub is None or conn.closed or conn.out.full():
             return  # a slow reader: events wait in its bounded queue, oldest dropped
-        events = sub.take(self.batch)
+        events = sub.take(min(EVENTS_PER_TURN, self._events_left))
+        self._events_left -= len(events)
         lines = [json.dumps({"event": e.to_dict()}, default=str) for e in events]
         if sub.dropped != self.reported_drops:
             self.reported_drops = sub.dropped
             lines.append(json.dumps({"dropped": sub.dropped}))
         if lines:
             conn.send(("\n".join(lines) + "\n").encode())
+        if self._events_left > 0 and sub.queue:
+            self._events_scheduled = True
+            self.loop.call_soon(self.send_events)
 
+    # --- connection events ----------------------------------------------------------------
     def on_eof(self) -> None:
-        self.conn.close()
+        # A peer that shut down its side after its commands (`... | socat - UNIX:...`) still
+        # gets every reply: the connection closes once they are all out.
+        self._eof = True
+        self._close_if_done()
 
     def on_drain(self) -> None:
-        pass
+        if self.conn.read_paused:
+            self._schedule_commands()
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        conn = self.conn
+        if (
+            self._eof
+            and not conn.closed
+            and not self.replies
+            and not conn.out.items
+            and b"\n" not in self.buffer
+        ):
+            conn.close()
 
     def on_close(self) -> None:
         if self.subscription is not None:
             self.subscription.close()
             self.subscription = None
+        self.replies.clear()
         self.server.clients.discard(self)
 
 

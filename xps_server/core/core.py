@@ -59,6 +59,8 @@ class Core:
         # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
         # max_connections the oldest is closed to make room, as nginx reuses connections.
         self.idle: dict[int, Session] = {}
+        # Open sessions by client address as accept() gave it: what a global block closes.
+        self.sessions_by_ip: dict[str, dict[int, Session]] = {}
         self.draining = False
         self.route_handlers: dict[str, RouteHandler] = {
             "file_serve": serve_file,
@@ -116,6 +118,10 @@ class Core:
         conn = Connection(self.loop, sock, peer)
         session = Session(self, listener, conn, self._next_session_id)
         self.sessions[session.id] = session
+        same_ip = self.sessions_by_ip.get(conn.peer_ip)
+        if same_ip is None:
+            same_ip = self.sessions_by_ip[conn.peer_ip] = {}
+        same_ip[session.id] = session
         conn.start(session)
         bus = self.bus
         if bus.traffic:
@@ -133,6 +139,10 @@ class Core:
             stats = self.stats
             stats.conn_current -= 1
             conn = session.conn
+            same_ip = self.sessions_by_ip[conn.peer_ip]
+            del same_ip[session.id]
+            if not same_ip:
+                del self.sessions_by_ip[conn.peer_ip]
             stats.traffic_recv_bytes += conn.bytes_in
             stats.traffic_send_bytes += conn.bytes_out
             bus = self.bus
@@ -316,5 +326,6 @@ class Core:
             session.conn.close()
         if self.access_log is not None:
             self.access_log.close()
+        self.runtime.close()
         self.upstreams.close()
         self.loop.close()

@@ -4,10 +4,19 @@ kept in `state_file`.
 The core exposes these as plain methods (`Core.block`, `unblock`, `blocks`, `set_gzip`,
 `drain_upstream`, `enable_upstream`, `routes`) that run on the loop thread and return JSON-able
 dicts; bad input raises `CommandError` with a message meant for the operator. Every change is
-applied at once (route access checks rebuilt, a global block closing that address's open
-connections, a drained upstream taken out of rotation) and written to the state file
-atomically, and the state is read back when the core starts and reapplied on every reload, so
-blocks, toggles and drains survive a restart or a crash.
+applied at once and costs the same whatever the number of blocks: the block list changes
+incrementally, only the route a block names gets a new access check, a global block closes
+that address's open connections through the core's index of sessions by client address, and
+a drained upstream is taken out of rotation. The state file is written off the loop thread
+(`StateWriter`: one snapshot per write, one fsync for any number of changes);
+`when_durable` tells a caller once the state as it is now is on disk, which is what a
+command's `persisted` reports. The state is read back when the core starts and reapplied on
+every reload, so blocks, toggles and drains survive a restart or a crash.
+
+At start, temporary files a crashed write left beside the state file (``<state_file>.<pid>.tmp``)
+are removed, and a state file that cannot be read or decoded is kept aside as
+``<state_file>.corrupt-<UTC time>`` (the server then starts with empty runtime state) instead
+of being overwritten by the next change.
 
 Routes are named by their `req_path` in the first server (``"/api"``) and by
 ``"N:req_path"`` in `servers[N]` (``"1:/api"``); ``"0:/api"`` is accepted for ``"/api"``.
@@ -17,11 +26,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xps_server.core.state import load_state, save_state
-from xps_server.policy.acl import NetSet, build_access, compile_lists, parse_network
+from xps_server.core.state import load_state
+from xps_server.core.state_writer import Durable, StateWriter
+from xps_server.policy.acl import NetSet, build_access, compile_lists, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
 
 if TYPE_CHECKING:
@@ -52,8 +64,11 @@ class Runtime:
         # so one coming back in a reload comes back drained.
         self.drained: set[str] = set()
         self._lists: dict[int, tuple] = {}  # id(route) -> its compiled config lists
+        self._routes: dict[str, Route] = {}  # route key -> route of the running config
         self._other: dict[str, Any] = {}  # state sections owned by others: kept as they are
         self._timer = core.loop.timer(self._expire)
+        self._state_path = core.config.state_file
+        self.state = StateWriter(core.loop, self._snapshot)
         self._load()
 
     # --- config -------------------------------------------------------------------------------
@@ -61,6 +76,7 @@ class Runtime:
         """Compile every route's access check, apply gzip overrides and drains (start and
         reload; the core's upstream registry is configured for `config` first)."""
         lists: dict[int, tuple] = {}
+        routes: dict[str, Route] = {}
         self._config_gzip = {}
         for index, server in enumerate(config.servers):
             for route in server.routes:
@@ -69,24 +85,32 @@ class Runtime:
                 if found is None or found[0] is not route:
                     found = (route, *compile_lists(route.ip_whitelist, route.ip_blacklist))
                 lists[id(route)] = found
+                routes[key] = route
                 self._config_gzip[key] = route.gzip_enable
                 if key in self.gzip_overrides:
                     route.gzip_enable = self.gzip_overrides[key]
         self._lists = lists
-        self._apply_access(config)
+        self._routes = routes
+        for key in routes:
+            self._refresh_access(key)
         upstreams = self.core.upstreams
         for addr in self.drained:
             state = upstreams.get(addr)
             if state is not None:
                 state.drain()  # a no-op for one still draining from before the reload
+        if config.state_file != self._state_path:
+            # The state now belongs in another file: write it there.
+            self._state_path = config.state_file
+            self.state.changed()
 
-    def _apply_access(self, config: Config) -> None:
-        route_sets = self.blocklist.route_sets
-        for index, server in enumerate(config.servers):
-            for route in server.routes:
-                _, whitelist, blacklist = self._lists[id(route)]
-                blocked = route_sets.get(route_key(index, route.req_path))
-                route.access = build_access(whitelist, blacklist, blocked)
+    def _refresh_access(self, key: str | None) -> None:
+        """Give the route named `key` the access check its lists and blocks make now. A new
+        `Access` each time: its memoised verdicts were taken under the old sets."""
+        route = self._routes.get(key) if key is not None else None
+        if route is None:
+            return  # a global block (checked at accept) or one that outlived its route
+        _, whitelist, blacklist = self._lists[id(route)]
+        route.access = build_access(whitelist, blacklist, self.blocklist.route_sets.get(key))
 
     def resolve(self, key: object) -> tuple[str, Route]:
         """(canonical key, Route) for a route name; CommandError if there is no such route."""
@@ -119,11 +143,11 @@ class Runtime:
             if not (math.isfinite(seconds) and seconds > 0):
                 raise CommandError(f"seconds must be a finite number > 0, got {seconds!r}")
             expires_at = time.time() + seconds
-        self.blocklist.add(network, key, expires_at)
-        self._changed()
+        if self.blocklist.add(network, key, expires_at):
+            self._blocks_changed(key)
         closed = 0
         if key is None:
-            closed = self._close_connections(NetSet([network]))
+            closed = self._close_connections(network)
         log.info(
             "blocked %s %s%s (%d connections closed)",
             network,
@@ -131,13 +155,7 @@ class Runtime:
             "" if seconds is None else f" for {seconds:g} s",
             closed,
         )
-        return {
-            "cidr": network,
-            "route": key,
-            "expires_at": expires_at,
-            "closed": closed,
-            "persisted": self._persisted,
-        }
+        return {"cidr": network, "route": key, "expires_at": expires_at, "closed": closed}
 
     def unblock(self, cidr: object, route: object = None) -> dict[str, Any]:
         network = _network(cidr)
@@ -147,29 +165,41 @@ class Runtime:
                 key = self.resolve(route)[0]
             except CommandError:
                 # A block may outlive its route (config reloaded): remove it by its name.
-                if route not in {scope for scope, _ in self.blocklist.entries}:
+                if not (isinstance(route, str) and self.blocklist.has_scope(route)):
                     raise
                 key = route
         removed = self.blocklist.remove(network, key)
         if removed:
-            self._changed()
+            self._blocks_changed(key)
             log.info("unblocked %s %s", network, "globally" if key is None else f"on {key}")
-        return {"cidr": network, "route": key, "removed": removed, "persisted": self._persisted}
+        return {"cidr": network, "route": key, "removed": removed}
 
     def blocks(self) -> list[dict[str, Any]]:
         return self.blocklist.listing(time.time())
 
-    def _close_connections(self, networks: NetSet) -> int:
-        doomed = [s for s in self.core.sessions.values() if networks.contains_ip(s.conn.peer_ip)]
+    def _close_connections(self, network: str) -> int:
+        """Close the open connections of clients in `network`. One address is a dict probe per
+        way accept() spells it (IPv4-mapped on a dual-stack listener); a wider block checks
+        each distinct client address once, never every session."""
+        by_ip = self.core.sessions_by_ip
+        net = parse_network(network)
+        if net.prefixlen == net.max_prefixlen:
+            groups = [by_ip.get(text) for text in peer_forms(net.network_address)]
+        else:
+            matcher = NetSet([net])
+            groups = [group for ip, group in by_ip.items() if matcher.contains_ip(ip)]
+        doomed = [session for group in groups if group for session in group.values()]
         for session in doomed:
-            session.conn.close()
+            session.conn.close()  # leaves the index through Core.session_closed
         return len(doomed)
 
     def _expire(self) -> None:
-        if self.blocklist.expire(time.time()):
-            self._changed()
-        else:
-            self._schedule()
+        gone = self.blocklist.expire(time.time())
+        if gone:
+            for scope in {scope for scope, _ in gone}:
+                self._refresh_access(scope)
+            self.state.changed()
+        self._schedule()
 
     def _schedule(self) -> None:
         at = self.blocklist.next_expiry()
@@ -191,13 +221,12 @@ class Runtime:
             found.gzip_enable = enabled
         else:
             raise CommandError(f"enabled must be true, false or null, got {enabled!r}")
-        self._save()
+        self.state.changed()
         log.info("gzip %s on route %s", "on" if found.gzip_enable else "off", key)
         return {
             "route": key,
             "gzip_enable": found.gzip_enable,
             "override": self.gzip_overrides.get(key),
-            "persisted": self._persisted,
         }
 
     # --- upstreams ----------------------------------------------------------------------------
@@ -205,9 +234,8 @@ class Runtime:
         """Take an upstream out of rotation (KeyError if unknown) and remember it."""
         row = self.core.upstreams.drain(addr)
         self.drained.add(row["addr"])
-        self._save()
+        self.state.changed()
         log.info("upstream %s drained", row["addr"])
-        row["persisted"] = self._persisted
         return row
 
     def enable_upstream(self, addr: str) -> dict[str, Any]:
@@ -221,9 +249,8 @@ class Runtime:
             row = upstreams.enable(addr)
         if addr in self.drained:
             self.drained.discard(addr)
-            self._save()
+            self.state.changed()
             log.info("upstream %s enabled", addr)
-        row["persisted"] = self._persisted
         return row
 
     # --- listing ------------------------------------------------------------------------------
@@ -249,39 +276,48 @@ class Runtime:
         return rows
 
     # --- persistence --------------------------------------------------------------------------
-    _persisted: bool | None = None  # outcome of the last save; None when there is no state file
+    def when_durable(self, callback: Durable) -> None:
+        """Call `callback` on the loop thread once the runtime state as it is now is in the
+        state file: True when written and fsynced, False when that write failed, None when
+        there is no state file. At once if nothing is waiting to be written."""
+        if self.core.config.state_file is None:
+            callback(None)
+        else:
+            self.state.when_durable(callback)
 
-    def _changed(self) -> None:
-        """The block list changed: re-apply it, persist it and re-arm the expiry timer."""
-        self._apply_access(self.core.config)
-        self._save()
+    def close(self) -> None:
+        """Write what is not on disk yet and stop the writer (after the loop has stopped)."""
+        self.state.close()
+
+    def _blocks_changed(self, scope: str | None) -> None:
+        """The block list changed on `scope`: re-check that route, persist, re-arm expiry."""
+        self._refresh_access(scope)
+        self.state.changed()
         self._schedule()
 
-    def _save(self) -> None:
+    def _snapshot(self) -> tuple[str | None, Callable[[], dict[str, Any]]]:
+        """The state file's path (None: there is none) and a function building its content
+        from copies taken now: the writer thread calls it, the loop only copies."""
         path = self.core.config.state_file
-        if path is None:
-            self._persisted = None
-            return
-        data = dict(self._other)
-        data["blocks"] = self.blocklist.to_json()
-        data["gzip"] = dict(self.gzip_overrides)
-        data["drained"] = sorted(self.drained)
-        try:
-            save_state(path, data)
-        except OSError as exc:
-            log.error("cannot write state file %s: %s", path, exc)
-            self._persisted = False
-        else:
-            self._persisted = True
+        blocks = list(self.blocklist.entries.items())
+        other = dict(self._other)  # sections of others are replaced whole, never changed
+        gzip = dict(self.gzip_overrides)
+        drained = sorted(self.drained)
+
+        def build() -> dict[str, Any]:
+            return {**other, "blocks": BlockList.format(blocks), "gzip": gzip, "drained": drained}
+
+        return path, build
 
     def _load(self) -> None:
         path = self.core.config.state_file
         if path is None:
             return
+        _remove_stale_temporaries(path)
         try:
             data = load_state(path)
         except ValueError as exc:
-            log.error("ignoring the state file: %s", exc)
+            _set_aside(path, str(exc))
             return
         problems = self.blocklist.load_json(data.pop("blocks", []), time.time())
         gzip = data.pop("gzip", {})
@@ -303,6 +339,57 @@ class Runtime:
         for problem in problems:
             log.warning("state file %s: %s (entry skipped)", path, problem)
         self._schedule()
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Remove ``<path>.<pid>.tmp`` files: half-written states of a writer that crashed."""
+    folder = os.path.dirname(path) or "."
+    prefix = os.path.basename(path) + "."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # an unreadable folder: loading the file says what is wrong
+    for name in names:
+        middle = name[len(prefix) : -len(".tmp")]
+        if name.startswith(prefix) and name.endswith(".tmp") and middle.isdecimal():
+            stale = os.path.join(folder, name)
+            try:
+                os.unlink(stale)
+            except OSError as exc:
+                log.warning("cannot remove the stale temporary state file %s: %s", stale, exc)
+            else:
+                log.warning("removed %s, left by an interrupted write of the state file", stale)
+
+
+def _set_aside(path: str, problem: str) -> None:
+    """Move an unusable state file out of the way, so no later write replaces what it holds."""
+    if not os.path.isfile(path):
+        log.error("state file unusable: %s; starting with empty runtime state", problem)
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.corrupt-{stamp}"
+    suffix = 1
+    while os.path.lexists(aside):
+        suffix += 1
+        aside = f"{path}.corrupt-{stamp}-{suffix}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        log.error(
+            "state file unusable: %s; it cannot be moved aside to %s either (%s); starting with "
+            "empty runtime state, and the next change will replace %s",
+            problem,
+            aside,
+            exc.strerror or exc,
+            path,
+        )
+    else:
+        log.error(
+            "state file unusable: %s; moved %s to %s and starting with empty runtime state",
+            problem,
+            path,
+            aside,
+        )
 
 
 def _network(cidr: object) -> str:

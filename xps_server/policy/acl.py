@@ -8,7 +8,8 @@ sides, so a dual-stack listener's clients match IPv4 rules.
 
 An `Access` is what a route checks: its config lists (`ip_whitelist` / `ip_blacklist`) plus
 the operator's runtime blocks for that route. Verdicts are memoised per client address string,
-so a keep-alive client or a busy address costs one dict probe per request.
+so a keep-alive client or a busy address costs one dict probe per request. The runtime blocks
+are a NetSet changed in place; on each change the route gets a new Access, hence a new memo.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def parse_ip(text: str) -> tuple[int, int] | None:
         return None
 
 
+def peer_forms(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, ...]:
+    """Every way accept() spells `addr` as a peer address (inet_ntop's text): an IPv4 client
+    is ``a.b.c.d`` on an IPv4 listener and ``::ffff:a.b.c.d`` on a dual-stack one."""
+    if addr.version == 4:
+        return str(addr), socket.inet_ntop(socket.AF_INET6, _V4MAPPED + addr.packed)
+    return (socket.inet_ntop(socket.AF_INET6, addr.packed),)
+
+
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """An address or CIDR block in canonical form (host bits cleared); ValueError if invalid.
 
@@ -55,32 +64,60 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 class NetSet:
-    """A set of networks answering "does it contain this address" in O(prefix lengths)."""
+    """A set of networks answering "does it contain this address" in O(prefix lengths).
 
-    __slots__ = ("_tables", "count")
+    It changes in place (`add`, `discard`: one set operation each, plus a re-sort of the
+    prefix lengths when one appears or goes), so a runtime block costs no rebuild. Whoever
+    memoises answers over a NetSet must forget them when it changes (see `Access`).
+    """
 
-    def __init__(self, networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network]):
-        by_len: dict[tuple[int, int], set[int]] = {}
-        count = 0
+    __slots__ = ("_by_shift", "_tables", "count")
+
+    def __init__(
+        self, networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+    ) -> None:
+        self._by_shift: dict[tuple[int, int], set[int]] = {}  # (version, host bits) -> nets
+        self._tables: dict[int, tuple[tuple[int, set[int]], ...]] = {4: (), 6: ()}
+        self.count = 0
         for item in networks:
-            net = parse_network(item) if isinstance(item, str) else item
-            bits = _BITS[net.version]
-            shift = bits - net.prefixlen
-            by_len.setdefault((net.version, shift), set()).add(int(net.network_address) >> shift)
-            count += 1
-        self.count = count
-        # Longest prefixes first: the order does not change the answer, only how soon it comes.
-        self._tables: dict[int, tuple[tuple[int, frozenset[int]], ...]] = {
-            version: tuple(
-                (shift, frozenset(nets))
-                for (v, shift), nets in sorted(by_len.items(), key=lambda kv: kv[0][1])
-                if v == version
-            )
-            for version in (4, 6)
-        }
+            self.add(item)
 
     def __len__(self) -> int:
         return self.count
+
+    def add(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Put a network in; False if it was there already."""
+        version, shift, number = _key(network)
+        nets = self._by_shift.get((version, shift))
+        if nets is None:
+            nets = self._by_shift[(version, shift)] = set()
+            self._retable(version)
+        elif number in nets:
+            return False
+        nets.add(number)
+        self.count += 1
+        return True
+
+    def discard(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Take a network out; False if it was not there."""
+        version, shift, number = _key(network)
+        nets = self._by_shift.get((version, shift))
+        if nets is None or number not in nets:
+            return False
+        nets.remove(number)
+        self.count -= 1
+        if not nets:
+            del self._by_shift[(version, shift)]
+            self._retable(version)
+        return True
+
+    def _retable(self, version: int) -> None:
+        # Longest prefixes first: the order does not change the answer, only how soon it comes.
+        self._tables[version] = tuple(
+            (shift, nets)
+            for (v, shift), nets in sorted(self._by_shift.items(), key=lambda kv: kv[0][1])
+            if v == version
+        )
 
     def contains(self, version: int, value: int) -> bool:
         # A plain loop: any() over a generator costs twice as much on this per-request path.
@@ -95,11 +132,19 @@ class NetSet:
         return addr is not None and self.contains(*addr)
 
 
+def _key(network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int]:
+    """(version, host bits, network number) of a network: where a NetSet keeps it."""
+    net = parse_network(network) if isinstance(network, str) else network
+    shift = _BITS[net.version] - net.prefixlen
+    return net.version, shift, int(net.network_address) >> shift
+
+
 class Access:
     """A route's verdict on client addresses: config whitelist/blacklist plus runtime blocks.
 
     Whitelist only: only listed addresses pass. Blacklist only: all but those. Both: whitelist
-    minus blacklist. Runtime blocks (`blocked`) act as more blacklist entries.
+    minus blacklist. Runtime blocks (`blocked`) act as more blacklist entries. The memoised
+    verdicts hold only while the sets stay as they are: after changing one, build a new Access.
     """
 
     __slots__ = ("_verdicts", "blacklist", "blocked", "whitelist")

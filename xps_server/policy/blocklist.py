@@ -3,48 +3,94 @@
 An entry is a network, a scope and an optional expiry. The scope is None for a global block
 (refused at accept time) or a route key (that route answers 403). Expiry is wall-clock time,
 so it means the same after a restart. This module is pure data: the core schedules expiry on
-its loop, applies the compiled sets to routes and persists `to_json()` in the state file.
+its loop, applies the sets to routes and persists the entries (`format`) in the state file.
+
+Every change is incremental, whatever the number of entries: adding or removing a block is
+one NetSet operation on its scope's set (`global_set` or `route_sets[route]`, changed in
+place), and expiries sit in a heap, so the next one is found and dropped in O(log n). Heap
+entries made stale by an unblock or a new expiry are skipped when they surface, and the heap
+is rebuilt once they outnumber the live ones.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from .acl import NetSet, parse_network
 
+COMPACT_SLACK = 1024  # stale heap entries tolerated beyond the live ones before a rebuild
+
 
 class BlockList:
-    """Entries keyed by (scope, canonical network), with compiled sets for matching."""
+    """Entries keyed by (scope, canonical network), with their sets kept in step for matching."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple[str | None, str], float | None] = {}
         self.global_set: NetSet | None = None  # what accept checks; None when nothing is blocked
-        self.route_sets: dict[str, NetSet] = {}
+        self.route_sets: dict[str, NetSet] = {}  # only routes with blocks
+        # (expires_at, tie-breaker, route, network); live while `entries` has that expiry.
+        self._expiries: list[tuple[float, int, str | None, str]] = []
+        self._timed = 0  # entries with an expiry (the live heap entries)
+        self._pushed = 0
 
-    def add(self, network: str, route: str | None, expires_at: float | None) -> None:
-        """Block `network` (already canonical) globally or on `route`; replaces an expiry."""
-        self.entries[(route, network)] = expires_at
-        self._rebuild()
+    def add(self, network: str, route: str | None, expires_at: float | None) -> bool:
+        """Block `network` (already canonical) globally or on `route`; replaces an expiry.
+        False if exactly that entry was there already."""
+        key = (route, network)
+        old = self.entries.get(key, _MISSING)
+        if old == expires_at:
+            return False
+        self.entries[key] = expires_at
+        if old is _MISSING:
+            self._set_for(route).add(network)
+        elif old is not None:
+            self._timed -= 1
+        if expires_at is not None:
+            self._timed += 1
+            self._pushed += 1
+            heapq.heappush(self._expiries, (expires_at, self._pushed, route, network))
+        self._compact_if_stale()
+        return True
 
     def remove(self, network: str, route: str | None) -> bool:
-        found = self.entries.pop((route, network), _MISSING) is not _MISSING
-        if found:
-            self._rebuild()
-        return found
+        at = self.entries.pop((route, network), _MISSING)
+        if at is _MISSING:
+            return False
+        if at is not None:
+            self._timed -= 1
+            self._compact_if_stale()
+        self._drop_from_set(route, network)
+        return True
 
-    def expire(self, now: float) -> bool:
-        """Drop entries whose time has come; True if any went."""
-        gone = [key for key, at in self.entries.items() if at is not None and at <= now]
-        for key in gone:
-            del self.entries[key]
-        if gone:
-            self._rebuild()
-        return bool(gone)
+    def expire(self, now: float) -> list[tuple[str | None, str]]:
+        """Drop entries whose time has come; returns their (scope, network)."""
+        heap = self._expiries
+        entries = self.entries
+        gone = []
+        while heap and heap[0][0] <= now:
+            at, _, route, network = heapq.heappop(heap)
+            key = (route, network)
+            if entries.get(key, _MISSING) != at:
+                continue  # unblocked or given another expiry since
+            del entries[key]
+            self._timed -= 1
+            self._drop_from_set(route, network)
+            gone.append(key)
+        return gone
 
     def next_expiry(self) -> float | None:
-        times = [at for at in self.entries.values() if at is not None]
-        return min(times) if times else None
+        heap = self._expiries
+        entries = self.entries
+        while heap and entries.get((heap[0][2], heap[0][3]), _MISSING) != heap[0][0]:
+            heapq.heappop(heap)  # a stale entry surfaced
+        return heap[0][0] if heap else None
+
+    def has_scope(self, route: str) -> bool:
+        """Whether any entry blocks on `route` (which may be gone from the config)."""
+        return route in self.route_sets
 
     def listing(self, now: float) -> list[dict[str, Any]]:
         """Live entries, global ones first, as JSON-able dicts."""
@@ -64,10 +110,11 @@ class BlockList:
         return rows
 
     # --- persistence ------------------------------------------------------------------------
-    def to_json(self) -> list[dict[str, Any]]:
+    @staticmethod
+    def format(entries: Iterable[tuple[tuple[str | None, str], float | None]]) -> list[dict]:
+        """Entries (as `entries.items()` has them, or a copy) as the state file keeps them."""
         return [
-            {"cidr": network, "route": route, "expires_at": at}
-            for (route, network), at in self.entries.items()
+            {"cidr": network, "route": route, "expires_at": at} for (route, network), at in entries
         ]
 
     def load_json(self, items: object, now: float) -> list[str]:
@@ -92,18 +139,40 @@ class BlockList:
                 problems.append(f"blocks[{i}]: {exc}")
                 continue
             if at is None or at > now:
-                self.entries[(route, network)] = at
-        self._rebuild()
+                self.add(network, route, at)
         return problems
 
-    # --- compiled form ----------------------------------------------------------------------
-    def _rebuild(self) -> None:
-        scoped: dict[str | None, list[str]] = {}
-        for route, network in self.entries:
-            scoped.setdefault(route, []).append(network)
-        found = scoped.pop(None, None)
-        self.global_set = NetSet(found) if found else None
-        self.route_sets = {route: NetSet(networks) for route, networks in scoped.items()}
+    # --- sets and heap ----------------------------------------------------------------------
+    def _set_for(self, route: str | None) -> NetSet:
+        if route is None:
+            if self.global_set is None:
+                self.global_set = NetSet()
+            return self.global_set
+        found = self.route_sets.get(route)
+        if found is None:
+            found = self.route_sets[route] = NetSet()
+        return found
+
+    def _drop_from_set(self, route: str | None, network: str) -> None:
+        if route is None:
+            found = self.global_set
+            assert found is not None
+            found.discard(network)
+            if not found:
+                self.global_set = None  # accept's fast path: nothing blocked
+        else:
+            found = self.route_sets[route]
+            found.discard(network)
+            if not found:
+                del self.route_sets[route]
+
+    def _compact_if_stale(self) -> None:
+        heap = self._expiries
+        if len(heap) > 2 * self._timed + COMPACT_SLACK:
+            entries = self.entries
+            live = [e for e in heap if entries.get((e[2], e[3]), _MISSING) == e[0]]
+            heapq.heapify(live)
+            self._expiries = live
 
 
 _MISSING = object()
