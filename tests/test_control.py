@@ -213,6 +213,13 @@ def test_stale_socket_file_is_replaced_and_a_live_one_refused(start_server, site
     assert not os.path.exists(path)
 
 
+def _connected(path: str) -> LineClient | None:
+    try:
+        return LineClient(path)
+    except OSError:
+        return None
+
+
 def test_headless_server_serves_the_control_socket(tmp_path, site):
     import subprocess
     import sys
@@ -229,8 +236,8 @@ def test_headless_server_serves_the_control_socket(tmp_path, site):
         [sys.executable, "-m", "xps_server", str(tmp_path / "c.json")], stderr=subprocess.DEVNULL
     )
     try:
-        wait_until(lambda: sock_path.exists(), timeout=10)
-        client = LineClient(str(sock_path))
+        # The file appears at bind(), a moment before listen(): connect until it is taken.
+        client = wait_until(lambda: _connected(str(sock_path)), timeout=10)
         client.send({"id": 1, "cmd": "ping"})
         assert client.read()["result"] == "pong"
         client.close()
