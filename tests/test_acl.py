@@ -271,6 +271,9 @@ def test_bad_commands_raise_clear_errors(acl_server):
         acl_server.call(lambda: core.block("10.0.0.1", route="3:/"))
     with pytest.raises(ValueError, match="seconds"):
         acl_server.call(lambda: core.block("10.0.0.1", seconds=-1))
+    # A server index is ASCII digits: "²" is no index, so this names no route at all.
+    with pytest.raises(ValueError, match="unknown route '²:/'"):
+        acl_server.call(lambda: core.block("10.0.0.1", route="²:/"))
     assert acl_server.call(core.blocks) == []
 
 

@@ -119,7 +119,7 @@ class Runtime:
         text = key.strip()
         index = 0
         head, sep, rest = text.partition(":")
-        if sep and head.isdigit():
+        if sep and head.isascii() and head.isdigit():
             index, text = int(head), rest
         if len(text) > 1 and text.endswith("/"):
             text = text[:-1]  # as the config reads req_path
