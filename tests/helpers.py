@@ -38,6 +38,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         time.sleep(interval)
 
 
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on `port` (a connect succeeds)."""
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def dual_stack() -> bool:
+    """Whether an IPv6 socket bound to "::" takes IPv4 clients too (as ::ffff:a.b.c.d)."""
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as file:
+            return file.read().strip() == "0"
+    except OSError:
+        return False
+
+
 class RunningServer:
     """A Core on its own loop thread, listening on `port`."""
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Client, RunningServer, connect, free_port, wait_until
+from tests.helpers import Client, RunningServer, connect, dual_stack, free_port, wait_until
 from xps_server.policy.acl import Access, NetSet, parse_ip, parse_network
 
 # --- the matcher against a brute-force ipaddress reference ----------------------------------
@@ -193,15 +193,7 @@ def test_ipv6_rules_and_denials_are_counted(acl_server):
     assert metrics["acl_denied"] == before + 1
 
 
-def _dual_stack() -> bool:
-    try:
-        with open("/proc/sys/net/ipv6/bindv6only") as file:
-            return file.read().strip() == "0"
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _dual_stack(), reason="needs dual-stack IPv6 sockets")
+@pytest.mark.skipif(not dual_stack(), reason="needs dual-stack IPv6 sockets")
 def test_ipv4_mapped_clients_match_ipv4_rules(start_server, site):
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::", 0))  # a port free on every address, IPv4 ones included

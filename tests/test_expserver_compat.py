@@ -16,7 +16,6 @@ followed as `fetch` follows them.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 import h11
 import pytest
 
-from tests.helpers import Client, Response, free_port, raw_exchange, wait_until
+from tests.helpers import Client, Response, accepts, free_port, raw_exchange, wait_until
 
 NAMES = ("main", "proxy", "redirect", "empty")  # the tester's servers on 8001..8004
 
@@ -147,14 +146,6 @@ class Site:
         self.upstream.shutdown()
         self.upstream.server_close()
         self.log.close()
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

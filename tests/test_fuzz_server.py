@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Client, RunningServer, free_port, server_config
+from tests.helpers import Client, RunningServer, free_port, read_until_close, server_config
 from tests.raw_backend import RawBackend
 from tests.wire import proxy_view, read_responses
 
@@ -120,18 +120,10 @@ def exchange(server: RunningServer, data: bytes) -> bytes:
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server refused early and closed: what it sent is still readable
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            except TimeoutError:
-                pytest.fail(f"the server neither answered nor closed for {data!r}")
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        try:
+            return read_until_close(sock)
+        except TimeoutError:
+            pytest.fail(f"the server neither answered nor closed for {data!r}")
 
 
 def check(server: RunningServer, caplog: pytest.LogCaptureFixture, data: bytes) -> None:

@@ -25,7 +25,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Client, RunningServer, free_port, server_config, wait_until
+from tests.helpers import (
+    Client,
+    RunningServer,
+    dual_stack,
+    free_port,
+    server_config,
+    wait_until,
+)
 from xps_server.control import CommandAPI, ControlServer
 from xps_server.policy.acl import NetSet
 from xps_server.policy.blocklist import BlockList
@@ -274,15 +281,7 @@ def test_blocking_one_address_closes_only_its_connections(policy):
     control.close()
 
 
-def _dual_stack() -> bool:
-    try:
-        with open("/proc/sys/net/ipv6/bindv6only") as file:
-            return file.read().strip() == "0"
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _dual_stack(), reason="needs dual-stack IPv6 sockets")
+@pytest.mark.skipif(not dual_stack(), reason="needs dual-stack IPv6 sockets")
 def test_blocks_close_ipv4_mapped_peers_of_a_dual_stack_listener(start_server, site):
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::", 0))

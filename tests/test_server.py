@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     Client,
+    accepts,
     connect,
     free_port,
     raw_exchange,
@@ -28,14 +29,6 @@ XPS = [sys.executable, "-m", "xps_server"]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*XPS, *args], capture_output=True, text=True, timeout=30)
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
