@@ -161,7 +161,7 @@ class Session:
         if core.bus.active:
             core.bus.publish(Timeout(time.time(), self.id, conn.peer_ip, phase))
         if phase == "header" and self.producer is None:
-            self.fail(408)
+            self.fail(408, linger=False)  # a client this slow is not racing us with more bytes
         else:
             conn.close()  # idle keep-alive, a stalled body, or a client too slow to read
 
@@ -384,7 +384,8 @@ class Session:
         self.finish(status, body_bytes)
 
     def respond_body(self, status: int, head: bytes, body: bytes) -> None:
-        """Queue a head and a shared body (a cached file's bytes): never copied together."""
+        """Queue a head and a shared body (a cached file's bytes); one past JOIN_BODY_BYTES is
+        never copied, so what waits for a slow client is a view of the cache, not a copy."""
         if len(body) <= JOIN_BODY_BYTES:
             self.conn.send(head + body)
         else:
@@ -402,10 +403,11 @@ class Session:
         self.conn.send(data)
         self.finish(status, 0 if head_only else len(self.core.responder.page(status)[1]))
 
-    def fail(self, status: int) -> None:
-        """A protocol error: answer `status`, then close once it is out; read nothing more."""
+    def fail(self, status: int, linger: bool = True) -> None:
+        """A protocol error: answer `status`, then close once it is out (lingering, unless the
+        client is known to be idle); read nothing more."""
         self.close_after = True
-        self.linger_on_close = True
+        self.linger_on_close = linger
         conn = self.conn
         conn.pause_reading()
         if self.request is None:
