@@ -11,9 +11,11 @@ and has its own table. A query for a window W at time `now` merges the slots tha
 seconds and at most one slot more (up to W + slot_seconds). `rps` divides by the time those
 slots actually cover, from the oldest one's start (or the tracker's start, if later) to
 `now`, never less than MIN_RATE_SPAN. Slots older than `max_window` allows are dropped when
-the next slot opens, so at most ceil(max_window / slot_seconds) + 1 slots are live. An event
-timed before the current slot (a clock read a moment before a later event's) counts in the
-current slot.
+the next slot opens, so at most ceil(max_window / slot_seconds) + 1 slots are live, and a
+query never merges more (with a slot size floats cannot represent, such as 0.1, now - W can
+fall one slot further back: that slot is left out, so a result does not depend on whether
+the current slot has opened). An event timed before the current slot (a clock read a moment
+before a later event's) counts in the current slot.
 
 Space-saving per slot (Metwally, Agrawal, El Abbadi, "Efficient computation of frequent and
 top-k elements in data streams", ICDT 2005). Each request or refusal is one hit. A slot
@@ -38,25 +40,29 @@ with E its error_bound:
 - true requests <= requests <= true requests + E (the inherited count is put on requests);
 - refused, status_4xx and status_5xx lie in [true - E, true], and bytes <= true bytes: these
   count from when the address (last) entered each slot's table;
-- E = 0 when none of the merged slots ever evicted, and then every figure is exact; E = 0
-  also means last_path is the path (its first PATH_LIMIT characters) of the address's
-  latest request in the merged slots, "" if it only had refusals;
+- E = 0 when none of the merged slots ever evicted; whenever E = 0, the address's figures
+  are exact and last_path is the path (its first PATH_LIMIT characters) of its latest
+  request in the merged slots, "" if it only had refusals;
 - an address with true hits > (hits in the merged slots) / K is reported, since an address
   in no merged table has at most the sum of the slots' mins.
 
 Cost. An event for an address already in the current slot is a comparison, a dict lookup
-and a few attribute updates, with no allocation. A new address in a slot that is not full
-is one entry allocation. A new address at a full table finds the min in a lazy min-heap of
+and a few attribute updates, allocating nothing but the counts' new int values. A new
+address in a slot that is not full is one entry allocation. A new address at a full table
+finds the min in a lazy min-heap of
 (hits when pushed, address) records, one per tracked address, built when the slot first
 evicts: hits only grow within a slot, so a record whose count is behind its entry's hits is
 re-pushed with the current count and the first record that is up to date holds the min.
 Each stale record was made stale by an earlier event, so an eviction is O(log K)
-amortized, and the common path never touches the heap. Opening a slot frees the oldest
+amortized, and the common path never touches the heap (the paper's stream-summary bucket
+list finds the min in O(1) but moves an entry between buckets on every hit: the common path
+would pay for it). The evicted entry's object is reused. Opening a slot frees the oldest
 (O(its entries), each of which was an event). A query is O(slots x K).
 
 Memory: at most (ceil(max_window / slot_seconds) + 1) x K entries, each an address, six
 integers and a path of at most PATH_LIMIT characters, plus one heap record per entry in the
-slots that evicted, whatever the traffic.
+slots that evicted, whatever the traffic: about 8 MB with the defaults, IPv6 addresses and
+256-character paths.
 """
 
 from __future__ import annotations
