@@ -3,12 +3,12 @@
 In-process micro-benchmark of `xps_server.toptalkers.TopTalkers`, called as the loop calls it
 (a bound method, the loop's clock passed in), garbage collector on:
 
-- call: empty methods with request()'s and refused()'s signatures, fed the same way, for
+- call: empty methods with add()'s and refused()'s signatures, fed the same way, for
   scale (the call and the loop around it), subtracted in the second column;
-- common: request() and refused() for ``--addresses`` addresses already in the current slot;
+- common: add() and refused() for ``--addresses`` addresses already in the current slot;
 - mixed: at a full table, nine requests from known addresses to one from a new one, so
   evictions meet the heap records those requests made stale;
-- flood: request() for ``--flood`` always-new addresses at a full table, each an eviction;
+- flood: add() for ``--flood`` always-new addresses at a full table, each an eviction;
 - flood, moving clock: the same with the clock crossing a slot every ``--capacity`` x 20
   requests, so slots also open and full ones are freed;
 - top() and tracked() with every live slot full and evicting (the most a query merges).
@@ -44,7 +44,9 @@ def _best_ns(run: Callable[[], None], calls: int, repeat: int) -> float:
 
 
 class _Empty:
-    def request(self, ip: str, now: float, status: int, nbytes: int, path: str) -> None:
+    def add(
+        self, ip: str, now: float, requests: int, nbytes: int, s4xx: int, s5xx: int, path: str
+    ) -> None:
         pass
 
     def refused(self, ip: str, now: float) -> None:
@@ -57,15 +59,15 @@ Tracker = TopTalkers | _Empty
 def _stream_ns(
     make: Callable[[], Tracker], stream: list[str], repeat: int, step: float = 0.0
 ) -> float:
-    """Best ns per request() over `stream`, on a tracker from `make` each run; the clock
+    """Best ns per add() over `stream`, on a tracker from `make` each run; the clock
     moves `step` seconds per request."""
 
     def run() -> None:
-        request = make().request
+        add = make().add
         now = NOW
         for ip in stream:
             now += step
-            request(ip, now, 200, 512, PATH)
+            add(ip, now, 1, 512, 0, 0, PATH)
 
     return _best_ns(run, len(stream), repeat)
 
@@ -85,7 +87,7 @@ def _full(capacity: int) -> TopTalkers:
     """A tracker whose current slot is full and has evicted once (its heap is built)."""
     tracker = TopTalkers(capacity)
     for i in range(capacity + 1):
-        tracker.request(_address(10, i), NOW, 200, 512, PATH)
+        tracker.add(_address(10, i), NOW, 1, 512, 0, 0, PATH)
     return tracker
 
 
@@ -101,12 +103,12 @@ def _per_call(args: argparse.Namespace) -> dict[str, float]:
     empty = _Empty()
     tracker = TopTalkers(args.capacity)
     for ip in known:
-        tracker.request(ip, NOW, 200, 512, PATH)
+        tracker.add(ip, NOW, 1, 512, 0, 0, PATH)
     capacity = args.capacity
     return {
         "call": _stream_ns(lambda: empty, repeated, args.repeat),
         "call (refused shape)": _refused_ns(empty, repeated, args.repeat),
-        "common request()": _stream_ns(lambda: tracker, repeated, args.repeat),
+        "common add()": _stream_ns(lambda: tracker, repeated, args.repeat),
         "common refused()": _refused_ns(tracker, repeated, args.repeat),
         "mixed, 1 in 10 new at a full table": _stream_ns(
             lambda: _full(capacity), mixed, args.repeat
@@ -128,7 +130,7 @@ def _queries(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
     for slot in range(13):
         now = NOW + slot * tracker.slot_seconds
         for _ in range(args.capacity * 2):
-            tracker.request(_address(12, serial), now, 200, 512, PATH)
+            tracker.add(_address(12, serial), now, 1, 512, 0, 0, PATH)
             serial += 1
     entries = sum(len(slot.table) for slot in tracker._slots)
     figures: dict[str, float] = {}

@@ -43,6 +43,7 @@ def get(server, target: str, source: str = "127.0.0.1") -> int:
 
 # --- top --------------------------------------------------------------------------------------
 def test_top_ranks_short_connection_clients_that_hold_nothing_open(served):
+    sub = served.core.bus.subscribe()
     for _ in range(5):
         assert get(served, "/hello.txt", "127.0.0.2") == 200
     for _ in range(2):
@@ -54,7 +55,9 @@ def test_top_ranks_short_connection_clients_that_hold_nothing_open(served):
     first, second = top["clients"]
     assert first["ip"] == "127.0.0.2"
     assert (first["requests"], first["status_4xx"], first["last_path"]) == (5, 0, "/hello.txt")
-    assert first["bytes"] == 5 * len(b"hello world\n")
+    closed = [e for e in sub.take() if e.kind == "connection_closed"]
+    assert len(closed) == 7  # what the server sent them, heads included
+    assert first["bytes"] == sum(e.bytes_out for e in closed if e.client == "127.0.0.2")
     assert (second["ip"], second["requests"], second["status_4xx"]) == ("127.0.0.3", 2, 2)
     assert first["open"] == 0 and first["error_bound"] == 0 and first["rps"] > 0
     by_errors = command(served, "top", sort="errors", limit=1)["clients"]
@@ -175,7 +178,8 @@ def test_route_block_refusals_count_as_hits_and_in_top(served):
     (block,) = command(served, "snapshot")["acl"]["blocks"]
     assert (block["route"], block["hits"]) == ("/api", 1)
     row = next(r for r in command(served, "top")["clients"] if r["ip"] == "127.0.0.7")
-    assert (row["refused"], row["requests"], row["status_4xx"]) == (1, 1, 1)
+    # A refused request counts as a refusal, not as a request answered (nor as a 4xx).
+    assert (row["refused"], row["requests"], row["status_4xx"]) == (1, 0, 0)
 
 
 # --- events name the route that answered ------------------------------------------------------
@@ -225,4 +229,17 @@ def test_session_detail_shows_the_last_request_without_credentials(served):
     assert detail["upstream"].startswith("127.0.0.1:")
     reply = served.api.submit({"cmd": "session", "args": {"id": 10**6}}).result(5)
     assert not reply["ok"] and "no session" in reply["error"]
+    client.close()
+
+
+def test_a_busy_connection_reaches_the_tracker_once_a_second(served):
+    core = served.core
+    client = Client(served.port, source="127.0.0.9")
+    for _ in range(20):
+        assert client.request("GET", "/hello.txt").status == 200
+    # Twenty requests, one pending report for the connection that made them.
+    assert served.call(lambda: [s.conn.peer_ip for s in core.accounting.pending]) == ["127.0.0.9"]
+    # The report timer tells the tracker by itself, with no `top` query to prompt it.
+    wait_until(lambda: served.call(lambda: core.top.tracked(core.loop.now, 10)) == 1)
+    assert served.call(lambda: core.top.top(core.loop.now, 10, 1)[0]["requests"]) == 20
     client.close()

@@ -102,6 +102,11 @@ def events(
     return st.lists(event, max_size=max_size)
 
 
+def request(tracker: TopTalkers, ip: str, now: float, status: int, nbytes: int, path: str) -> None:
+    """One finished request, reported as the core reports a connection's batch of one."""
+    tracker.add(ip, now, 1, nbytes, int(400 <= status < 500), int(status >= 500), path)
+
+
 SKEWED = st.one_of(st.integers(0, 2), st.integers(0, 40))  # a few heavy hitters in a crowd
 START = st.integers(0, 4000).map(lambda quarters: quarters / 4)
 
@@ -118,7 +123,7 @@ def play(
             if model is not None:
                 model.refused(ip, t)
         else:
-            tracker.request(ip, t, status, nbytes, path)
+            request(tracker, ip, t, status, nbytes, path)
             if model is not None:
                 model.request(ip, t, status, nbytes, path)
         yield t
@@ -165,7 +170,7 @@ def test_memory_stays_bounded_whatever_the_stream(
 def test_a_flood_of_new_addresses_does_not_grow_memory() -> None:
     tracker = TopTalkers(100, SLOT, MAX_WINDOW)
     for i in range(100_000):
-        tracker.request(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", i / 500, 200, 10, "/")
+        request(tracker, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", i / 500, 200, 10, "/")
         if i % 1000 == 0:
             assert_bounded(tracker)
     assert_bounded(tracker)
@@ -268,6 +273,42 @@ def test_windowed_figures_bound_the_truth(
         assert_window_bounds(tracker, model, last + later / 4, window, start)
 
 
+# (quarter-seconds since the previous report, address, statuses of its requests, refusals)
+Batch = tuple[int, int, list[int], int]
+BATCHES = st.lists(
+    st.tuples(
+        DENSE,
+        SKEWED,
+        st.lists(st.sampled_from(STATUSES), max_size=6),
+        st.integers(0, 3),
+    ).filter(lambda batch: batch[2] or batch[3]),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None, phases=PHASES)
+@given(capacity=st.integers(1, 6), batches=BATCHES, start=START, later=st.integers(0, 40))
+def test_batched_reports_bound_the_truth(
+    capacity: int, batches: list[Batch], start: float, later: int
+) -> None:
+    """What the core sends: a connection's requests and route refusals in one `add`."""
+    tracker = TopTalkers(capacity, SLOT, MAX_WINDOW, started=start)
+    model = Model()
+    t = start
+    for gap, address, statuses, refused in batches:
+        t += gap / 4
+        ip = f"10.0.{address >> 8 & 255}.{address & 255}"
+        for status in statuses:
+            model.request(ip, t, status, 100, "/batch")
+        for _ in range(refused):
+            model.refused(ip, t)
+        s4xx = sum(400 <= status < 500 for status in statuses)
+        s5xx = sum(status >= 500 for status in statuses)
+        tracker.add(ip, t, len(statuses), 100 * len(statuses), s4xx, s5xx, "/batch", refused)
+    for window in (5.0, 10.0, 60.0):
+        assert_window_bounds(tracker, model, t + later / 4, window, start)
+
+
 @settings(max_examples=200, deadline=None, phases=PHASES)
 @given(capacity=st.integers(1, 12), data=st.data(), start=START)
 def test_exact_while_addresses_fit(capacity: int, data: st.DataObject, start: float) -> None:
@@ -335,9 +376,9 @@ def test_sorted_descending_and_limited(
 
 def test_a_window_leaves_out_events_before_its_slots() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=0.0)
-    tracker.request("10.0.0.1", 1.0, 200, 100, "/old")  # slot 0
-    tracker.request("10.0.0.1", 12.0, 200, 10, "/new")  # slot 2
-    tracker.request("10.0.0.2", 13.0, 200, 10, "/")
+    request(tracker, "10.0.0.1", 1.0, 200, 100, "/old")  # slot 0
+    request(tracker, "10.0.0.1", 12.0, 200, 10, "/new")  # slot 2
+    request(tracker, "10.0.0.2", 13.0, 200, 10, "/")
     # at 21: the 10 s window starts in slot 2 (11 s), so it has 12.0 and 13.0, not 1.0
     assert {row["ip"]: row["requests"] for row in tracker.top(21.0, 10.0, 10, "requests")} == {
         "10.0.0.1": 1,
@@ -358,7 +399,7 @@ def test_a_window_leaves_out_events_before_its_slots() -> None:
     assert tracker.tracked(21.0, 10.0) == 2
     assert tracker.top(40.0, 10.0, 10, "requests") == []
     assert tracker.tracked(40.0, 10.0) == 0
-    tracker.request("10.0.0.3", 70.0, 200, 10, "/")  # slot 14: slot 0 is dropped
+    request(tracker, "10.0.0.3", 70.0, 200, 10, "/")  # slot 14: slot 0 is dropped
     assert [slot.index for slot in tracker._slots] == [2, 14]
     assert tracker.tracked(70.0, 60.0) == 3
 
@@ -366,7 +407,7 @@ def test_a_window_leaves_out_events_before_its_slots() -> None:
 def test_rps_divides_by_the_time_the_slots_cover() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=100.0)
     for i in range(30):
-        tracker.request("10.0.0.1", 101.0 + i / 10, 200, 1, "/")
+        request(tracker, "10.0.0.1", 101.0 + i / 10, 200, 1, "/")
     # running for 4 s only: 30 / 4
     assert tracker.top(104.0, 10.0, 1, "requests")[0]["rps"] == 7.5
     # at 112.5 the 10 s window starts at slot 20 (100 s): 30 / 12.5
@@ -375,25 +416,25 @@ def test_rps_divides_by_the_time_the_slots_cover() -> None:
     assert tracker.top(115.0, 10.0, 1, "requests") == []
     # a rate over less than MIN_RATE_SPAN is not extrapolated
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=100.0)
-    tracker.request("10.0.0.1", 100.0, 200, 1, "/")
+    request(tracker, "10.0.0.1", 100.0, 200, 1, "/")
     assert tracker.top(100.25, 10.0, 1, "requests")[0]["rps"] == 1 / MIN_RATE_SPAN
     # without `started`, the first event starts the clock
     tracker = TopTalkers(10, SLOT, MAX_WINDOW)
-    tracker.request("10.0.0.1", 1000.0, 200, 1, "/")
-    tracker.request("10.0.0.1", 1001.0, 200, 1, "/")
+    request(tracker, "10.0.0.1", 1000.0, 200, 1, "/")
+    request(tracker, "10.0.0.1", 1001.0, 200, 1, "/")
     assert tracker.top(1004.0, 60.0, 1, "requests")[0]["rps"] == 0.5
 
 
 def test_sort_keys_and_their_ties() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=0.0)
     for _ in range(5):
-        tracker.request("10.0.0.1", 1.0, 200, 10, "/")  # most requests
+        request(tracker, "10.0.0.1", 1.0, 200, 10, "/")  # most requests
     for _ in range(2):
-        tracker.request("10.0.0.2", 1.0, 200, 10_000, "/big")  # most bytes
+        request(tracker, "10.0.0.2", 1.0, 200, 10_000, "/big")  # most bytes
     for status in (404, 500, 503):
-        tracker.request("10.0.0.3", 1.0, status, 1, "/x")  # most errors
-    tracker.request("10.0.0.4", 1.0, 404, 0, "/y")  # one error, fewer requests than .3
-    tracker.request("10.0.0.5", 1.0, 200, 10, "/z")  # ties .4 on requests, more bytes
+        request(tracker, "10.0.0.3", 1.0, status, 1, "/x")  # most errors
+    request(tracker, "10.0.0.4", 1.0, 404, 0, "/y")  # one error, fewer requests than .3
+    request(tracker, "10.0.0.5", 1.0, 200, 10, "/z")  # ties .4 on requests, more bytes
 
     def order(sort: str, limit: int = 10) -> list[str]:
         return [row["ip"] for row in tracker.top(2.0, 10.0, limit, sort)]
@@ -411,7 +452,7 @@ def test_refusals_count_apart_from_requests() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=0.0)
     for _ in range(4):
         tracker.refused("10.0.0.9", 1.0)
-    tracker.request("10.0.0.8", 1.0, 200, 5, "/ok")
+    request(tracker, "10.0.0.8", 1.0, 200, 5, "/ok")
     tracker.refused("10.0.0.8", 2.0)
     rows = everything(tracker, 3.0, 10.0)
     assert rows["10.0.0.9"]["refused"] == 4
@@ -423,10 +464,10 @@ def test_refusals_count_apart_from_requests() -> None:
 
 def test_last_path_is_the_latest_request_path() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=0.0)
-    tracker.request("10.0.0.1", 1.0, 200, 1, "/first")
-    tracker.request("10.0.0.1", 2.0, 200, 1, "/second")
+    request(tracker, "10.0.0.1", 1.0, 200, 1, "/first")
+    request(tracker, "10.0.0.1", 2.0, 200, 1, "/second")
     assert everything(tracker, 3.0, 10.0)["10.0.0.1"]["last_path"] == "/second"
-    tracker.request("10.0.0.1", 6.0, 200, 1, "/" + "x" * 9000)  # the next slot
+    request(tracker, "10.0.0.1", 6.0, 200, 1, "/" + "x" * 9000)  # the next slot
     assert everything(tracker, 7.0, 10.0)["10.0.0.1"]["last_path"] == "/" + "x" * (PATH_LIMIT - 1)
     tracker.refused("10.0.0.1", 11.0)  # a slot with only a refusal keeps the older path
     assert everything(tracker, 12.0, 10.0)["10.0.0.1"]["last_path"] == "/" + "x" * (PATH_LIMIT - 1)
@@ -436,9 +477,9 @@ def test_eviction_replaces_the_fewest_hits_and_bounds_the_newcomer() -> None:
     tracker = TopTalkers(2, SLOT, MAX_WINDOW, started=0.0)
     for ip, times in (("10.0.0.1", 5), ("10.0.0.2", 1)):
         for _ in range(times):
-            tracker.request(ip, 1.0, 200, 1, "/")
-    tracker.request("10.0.0.2", 1.0, 200, 1, "/")  # .2 now has 2, .1 has 5
-    tracker.request("10.0.0.3", 1.0, 200, 7, "/new")  # evicts .2 (2 hits)
+            request(tracker, ip, 1.0, 200, 1, "/")
+    request(tracker, "10.0.0.2", 1.0, 200, 1, "/")  # .2 now has 2, .1 has 5
+    request(tracker, "10.0.0.3", 1.0, 200, 7, "/new")  # evicts .2 (2 hits)
     rows = everything(tracker, 2.0, 10.0)
     assert set(rows) == {"10.0.0.1", "10.0.0.3"}
     assert (rows["10.0.0.1"]["requests"], rows["10.0.0.1"]["error_bound"]) == (5, 0)
@@ -446,7 +487,7 @@ def test_eviction_replaces_the_fewest_hits_and_bounds_the_newcomer() -> None:
     assert rows["10.0.0.3"]["bytes"] == 7
     # .2 in the next slot: slot 0 (min 3 now) evicted and lacks .2, which may have had up to
     # 3 hits there (it had 2); slot 1 never evicted, so lacking .3 adds nothing to .3
-    tracker.request("10.0.0.2", 6.0, 200, 1, "/")
+    request(tracker, "10.0.0.2", 6.0, 200, 1, "/")
     rows = everything(tracker, 7.0, 10.0)
     assert (rows["10.0.0.2"]["requests"], rows["10.0.0.2"]["error_bound"]) == (4, 3)
     assert (rows["10.0.0.3"]["requests"], rows["10.0.0.3"]["error_bound"]) == (3, 2)
@@ -456,11 +497,11 @@ def test_eviction_finds_the_min_behind_stale_heap_records() -> None:
     tracker = TopTalkers(2, SLOT, MAX_WINDOW, started=0.0)
     for ip, times in (("10.0.0.1", 5), ("10.0.0.2", 1), ("10.0.0.3", 1)):
         for _ in range(times):
-            tracker.request(ip, 1.0, 200, 1, "/")
+            request(tracker, ip, 1.0, 200, 1, "/")
     # .3 evicted .2 (1 hit) and has 2 hits; its heap record says 2 after these 4 more
     for _ in range(4):
-        tracker.request("10.0.0.3", 1.0, 200, 1, "/")
-    tracker.request("10.0.0.4", 1.0, 200, 1, "/")  # so the min is .1 with 5, not .3
+        request(tracker, "10.0.0.3", 1.0, 200, 1, "/")
+    request(tracker, "10.0.0.4", 1.0, 200, 1, "/")  # so the min is .1 with 5, not .3
     rows = everything(tracker, 2.0, 10.0)
     assert {ip: (row["requests"], row["error_bound"]) for ip, row in rows.items()} == {
         "10.0.0.3": (6, 1),
@@ -473,8 +514,8 @@ def test_slot_bounds_are_the_float_products_whatever_the_slot_size() -> None:
     # 245.6 / 0.1 rounds up to 2456 while 2456 * 0.1 > 245.6
     for now in (37157.1, 245.6):
         tracker = TopTalkers(10, 0.1, MAX_WINDOW)
-        tracker.request("10.0.0.1", now, 200, 1, "/")
-        tracker.request("10.0.0.1", now, 200, 1, "/")
+        request(tracker, "10.0.0.1", now, 200, 1, "/")
+        request(tracker, "10.0.0.1", now, 200, 1, "/")
         [slot] = tracker._slots
         assert slot.index * 0.1 <= now < (slot.index + 1) * 0.1
         assert slot.table["10.0.0.1"].hits == 2
@@ -485,20 +526,20 @@ def test_a_query_merges_no_more_slots_than_are_kept() -> None:
     now = 1042.8
     tracker = TopTalkers(10, 0.1, MAX_WINDOW, started=0.0)
     current = tracker._slot_index(now)
-    tracker.request("10.0.0.1", (current - 600.5) * 0.1, 200, 1, "/")
+    request(tracker, "10.0.0.1", (current - 600.5) * 0.1, 200, 1, "/")
     assert tracker.tracked(now, MAX_WINDOW) == 0  # as it is once slot `current` opens:
-    tracker.request("10.0.0.2", now, 200, 1, "/")
+    request(tracker, "10.0.0.2", now, 200, 1, "/")
     assert [row["ip"] for row in tracker.top(now, MAX_WINDOW, 10, "requests")] == ["10.0.0.2"]
 
 
 def test_clear_forgets_and_restarts_the_rate_clock() -> None:
     tracker = TopTalkers(10, SLOT, MAX_WINDOW, started=0.0)
-    tracker.request("10.0.0.1", 1.0, 200, 1, "/")
+    request(tracker, "10.0.0.1", 1.0, 200, 1, "/")
     tracker.clear(50.0)
     assert tracker.top(51.0, 60.0, 10, "requests") == []
     assert tracker.tracked(51.0, 60.0) == 0
-    tracker.request("10.0.0.2", 51.0, 200, 1, "/")
-    tracker.request("10.0.0.2", 52.0, 200, 1, "/")
+    request(tracker, "10.0.0.2", 51.0, 200, 1, "/")
+    request(tracker, "10.0.0.2", 52.0, 200, 1, "/")
     assert tracker.top(54.0, 60.0, 10, "requests")[0]["rps"] == 0.5  # 2 over 4 s
 
 

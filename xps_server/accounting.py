@@ -4,8 +4,15 @@ and the refusals of blocked clients.
 `Accounting` owns the `TrafficStats` of every route (kept by route key across reloads, handed
 to each `Route` as `route.stats`) and of every upstream (`UpstreamState.stats`), rotates their
 generations on a loop timer, owns the `TopTalkers` tracker, and turns refused connections into
-rate-limited `connection_refused` events. The request path only ever touches `route.stats`,
-`state.stats` and `top`, each None when the config turns it off.
+rate-limited `connection_refused` events.
+
+A finished request costs the tracker almost nothing: the session counts its requests anyway,
+the core adds its errors and refusals there (`top_4xx`, `top_5xx`, `top_refused`) and puts the
+session on `pending` the first time; every REPORT_SECONDS the pending sessions are reported to
+the tracker, one `add` per session with its counts, the bytes it sent since, and its latest
+path (and at once before a `top` query, so an answer is never behind). A keep-alive client
+making thousands of requests a second is one tracker update a second. A session that closed
+meanwhile is still reported: it stays on `pending` until then.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from xps_server.traffic import GENERATION_SECONDS, TrafficStats
 if TYPE_CHECKING:
     from xps_server.config import Config, Route
     from xps_server.core.loop import Loop
+    from xps_server.core.session import Session
     from xps_server.events import EventBus
     from xps_server.network.upstream import UpstreamRegistry
 
+REPORT_SECONDS = 1.0  # how often sessions' counts reach the top-talker tracker
 REFUSAL_EVENT_INTERVAL = 1.0  # at most one connection_refused event per address per second
 REFUSAL_MEMORY = 10_000  # addresses whose last event is remembered before the memory starts over
 
@@ -35,6 +44,8 @@ class Accounting:
         self.bus = bus
         self.routes: dict[str, TrafficStats] = {}  # by route key
         self.top: TopTalkers | None = None
+        self.pending: list[Session] = []  # sessions with counts the tracker has not had yet
+        self._report_timer = loop.timer(self.report)
         self._upstreams: UpstreamRegistry | None = None
         # address -> [time of its last connection_refused event, refusals not reported since]
         self._refusals: dict[str, list] = {}
@@ -63,8 +74,10 @@ class Accounting:
         capacity = config.top_clients
         if not capacity:
             self.top = None
+            self._report_timer.cancel()
         elif self.top is None or self.top.capacity != capacity:
-            self.top = TopTalkers(capacity)
+            self.top = TopTalkers(capacity, started=now)
+            self._report_timer.reset(now + REPORT_SECONDS)
 
     def _rotate(self) -> None:
         now = self.loop.now
@@ -75,6 +88,36 @@ class Accounting:
                 if state.stats is not None:
                     state.stats.rotate(now)
         self._timer.reset(now + GENERATION_SECONDS)
+
+    def report(self) -> None:
+        """Tell the tracker what the pending sessions did since they were last reported (on
+        the timer, and before the tracker is asked)."""
+        now = self.loop.now
+        top = self.top
+        pending = self.pending
+        self.pending = []
+        for session in pending:
+            session.top_pending = False
+            requests = session.requests - session.top_requests
+            refused = session.top_refused
+            sent = session.conn.bytes_out
+            if top is not None:
+                last = session.last_request
+                top.add(
+                    session.conn.peer_ip,
+                    now,
+                    requests - refused,  # a refused request counts as a refusal only
+                    sent - session.top_sent,
+                    session.top_4xx - refused,  # its 403 likewise
+                    session.top_5xx,
+                    last.path if last is not None else "",
+                    refused,
+                )
+            session.top_refused = session.top_4xx = session.top_5xx = 0
+            session.top_requests = session.requests
+            session.top_sent = sent
+        if top is not None:
+            self._report_timer.reset(now + REPORT_SECONDS)
 
     # --- refusals -------------------------------------------------------------------------------
     def refused(self, ip: str, cidr: str | None) -> None:
@@ -99,3 +142,4 @@ class Accounting:
 
     def close(self) -> None:
         self._timer.close()
+        self._report_timer.close()

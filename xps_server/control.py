@@ -241,6 +241,7 @@ class CommandAPI:
         tracker = core.top
         if tracker is None:
             return {"enabled": False, "window": window, "tracked": 0, "capacity": 0, "clients": []}
+        core.accounting.report()
         now = core.loop.now
         clients = tracker.top(now, window, limit, sort)
         by_ip = core.sessions_by_ip

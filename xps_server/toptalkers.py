@@ -1,9 +1,10 @@
 """Top talkers: per client address, what it asked and got over the last 10 s or 60 s.
 
-Owns the counting only: the loop thread reports each finished request (`request`) and each
-refusal by a block (`refused`: a connection refused at accept, or a request refused by a
-route block; report one or the other for an event, never both), passing its monotonic clock;
-the `top` command asks `top` and `tracked`. Nothing here reads the clock, logs or locks.
+Owns the counting only: the loop thread reports what an address did (`add`: requests, with
+their bytes, errors and latest path, and refusals by a route block; the core batches these per
+connection and reports them about once a second) and each connection refused at accept by a
+block (`refused`), passing its monotonic clock; the `top` command asks `top` and `tracked`.
+Nothing here reads the clock, logs or locks.
 
 Time slots. Slot i covers [i * slot_seconds, (i + 1) * slot_seconds) of the caller's clock
 and has its own table. A query for a window W at time `now` merges the slots that overlap
@@ -18,9 +19,10 @@ the current slot has opened). An event timed before the current slot (a clock re
 before a later event's) counts in the current slot.
 
 Space-saving per slot (Metwally, Agrawal, El Abbadi, "Efficient computation of frequent and
-top-k elements in data streams", ICDT 2005). Each request or refusal is one hit. A slot
-tracks at most `capacity` (K) addresses; a new address arriving at a full table evicts the
-entry with the fewest hits (min), and takes its place with hits = min + 1 and error = min.
+top-k elements in data streams", ICDT 2005), with weighted updates. Each request or refusal
+is one hit; `add` reports several at once. A slot tracks at most `capacity` (K) addresses; a
+new address arriving at a full table with w hits evicts the entry with the fewest hits (min),
+and takes its place with hits = min + w and error = min.
 Per slot, with N its total hits and t(a) an address's true hits in it:
 
 - the hits of the entries sum to N, so min <= N / K;
@@ -159,22 +161,34 @@ class TopTalkers:
         self._table: dict[str, _Entry] = {}  # the current slot's table
         self._slot_end = -math.inf  # the current slot's end: the first event opens one
 
-    def request(self, ip: str, now: float, status: int, nbytes: int, path: str) -> None:
-        """Count one finished request from `ip`: its status, body bytes sent and path."""
+    def add(
+        self,
+        ip: str,
+        now: float,
+        requests: int,
+        nbytes: int,
+        status_4xx: int,
+        status_5xx: int,
+        path: str,
+        refused: int = 0,
+    ) -> None:
+        """Count what `ip` did since its last report: `requests` answered (`status_4xx` and
+        `status_5xx` of them errors) with `nbytes` sent, the latest one for `path`, and
+        `refused` requests refused by a route block. At least one of the two is positive."""
         if now >= self._slot_end:
             self._open_slot(now)
+        hits = requests + refused
         entry = self._table.get(ip)
         if entry is None:
-            entry = self._admit(ip)
+            entry = self._admit(ip, hits)
         else:
-            entry.hits += 1
+            entry.hits += hits
         entry.bytes += nbytes
-        if status >= 400:
-            if status >= 500:
-                entry.status_5xx += 1
-            else:
-                entry.status_4xx += 1
-        entry.last_path = path if len(path) <= PATH_LIMIT else path[:PATH_LIMIT]
+        entry.status_4xx += status_4xx
+        entry.status_5xx += status_5xx
+        entry.refused += refused
+        if requests:
+            entry.last_path = path if len(path) <= PATH_LIMIT else path[:PATH_LIMIT]
 
     def refused(self, ip: str, now: float) -> None:
         """Count one connection or request from `ip` refused by a block."""
@@ -182,7 +196,7 @@ class TopTalkers:
             self._open_slot(now)
         entry = self._table.get(ip)
         if entry is None:
-            entry = self._admit(ip)
+            entry = self._admit(ip, 1)
         else:
             entry.hits += 1
         entry.refused += 1
@@ -262,12 +276,12 @@ class TopTalkers:
         self._table = slot.table
         self._slot_end = (index + 1) * self.slot_seconds
 
-    def _admit(self, ip: str) -> _Entry:
-        """Put `ip` in the current slot's table with one hit, evicting the min if full."""
+    def _admit(self, ip: str, hits: int) -> _Entry:
+        """Put `ip` in the current slot's table with `hits`, evicting the min if full."""
         slot = self._slots[-1]
         table = slot.table
         if len(table) < self.capacity:
-            entry = table[ip] = _Entry(1, 0)
+            entry = table[ip] = _Entry(hits, 0)
             return entry
         heap = slot.heap
         if heap is None:
@@ -280,8 +294,8 @@ class TopTalkers:
             count, victim = heap[0]
             entry = table[victim]
         del table[victim]
-        heapq.heapreplace(heap, (count + 1, ip))
-        entry.reset(count + 1, count)  # the victim's object, reused
+        heapq.heapreplace(heap, (count + hits, ip))
+        entry.reset(count + hits, count)  # the victim's object, reused
         table[ip] = entry
         return entry
 

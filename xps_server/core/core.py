@@ -182,11 +182,18 @@ class Core:
         route_stats = session.route_stats
         if route_stats is not None:
             route_stats.record(status, elapsed)
+        if self.top is not None:
+            # Counted on the session (its requests it counts anyway); the accounting reports
+            # them to the tracker once a second.
+            if status >= 400:
+                if status >= 500:
+                    session.top_5xx += 1
+                else:
+                    session.top_4xx += 1
+            if not session.top_pending:
+                session.top_pending = True
+                self.accounting.pending.append(session)
         request = session.request
-        top = self.top
-        if top is not None:
-            path = request.path if request is not None else "-"
-            top.request(session.conn.peer_ip, now, status, body_bytes, path)
         session.last_status = status
         session.last_bytes = body_bytes
         session.last_elapsed = elapsed
@@ -221,9 +228,7 @@ class Core:
         if reason == "blocked":
             # A runtime block: counted against its entry and the client's refusals.
             self.runtime.blocklist.hit(access.scope, ip)  # type: ignore[union-attr]
-            top = self.top
-            if top is not None:
-                top.refused(ip, self.loop.now)
+            session.top_refused += 1  # told to the tracker with the session's requests
         if self.bus.active:
             self.bus.publish(AclDenied(time.time(), ip, route.req_path, path, reason))
         request = session.request

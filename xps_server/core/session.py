@@ -87,6 +87,12 @@ class Session:
         "route_stats",
         "started",
         "timer",
+        "top_4xx",
+        "top_5xx",
+        "top_pending",
+        "top_refused",
+        "top_requests",
+        "top_sent",
         "upstream",
     )
 
@@ -112,6 +118,13 @@ class Session:
         self.last_bytes = 0
         self.last_elapsed = 0.0
         self.last_done = 0.0
+        # What the top-talker tracker has not been told yet (see accounting.Accounting).
+        self.top_pending = False
+        self.top_requests = 0  # `requests` when it was last told
+        self.top_refused = 0
+        self.top_4xx = 0
+        self.top_5xx = 0
+        self.top_sent = 0  # conn.bytes_out when it was last told
         self.request: Request | None = None
         self.started = 0.0
         self.phase = HEAD
