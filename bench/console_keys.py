@@ -456,7 +456,7 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
     from xps_console.cli import route_logging
     from xps_console.link import EmbeddedLink
     from xps_console.logs import LogBuffer
-    from xps_console.widgets import HelpScreen
+    from xps_console.screens.help import HelpScreen
 
     ctx = mp.get_context("spawn")  # never fork a process that runs threads
     stop = ctx.Event()
