@@ -19,6 +19,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
 from textual.coordinate import Coordinate
+from textual.events import Click
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -112,8 +113,9 @@ class KeyedTable(DataTable):
         self._regain()
         super().action_scroll_bottom()
 
-    def on_click(self) -> None:
-        self._regain()  # then DataTable's own handler moves the cursor to the row clicked
+    def on_click(self, event: Click) -> None:
+        if event.style.meta.get("row", -1) >= 0:
+            self._regain()  # then DataTable's own handler moves the cursor to the row clicked
 
     # --- rows ---------------------------------------------------------------------------------
     def sync(self, rows: Sequence[Row]) -> None:
