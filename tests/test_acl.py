@@ -247,7 +247,14 @@ def test_route_block_answers_403_on_that_route_only(acl_server):
     assert status(port, "/hello.txt", "127.0.0.2") == 200
     rows = server.call(server.core.blocks)
     assert rows == [
-        {"cidr": "127.0.0.0/30", "route": "/black", "expires_at": None, "expires_in": None}
+        # One request from 127.0.0.2 was refused by it above.
+        {
+            "cidr": "127.0.0.0/30",
+            "route": "/black",
+            "expires_at": None,
+            "expires_in": None,
+            "hits": 1,
+        }
     ]
     server.call(lambda: server.core.unblock("127.0.0.0/30", route="/black"))
     assert status(port, "/black/hello.txt", "127.0.0.2") == 200

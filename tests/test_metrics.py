@@ -97,7 +97,7 @@ def test_metrics_json_counts_a_known_number_of_requests(server):
 
 
 PROM_LINE = re.compile(
-    r"# HELP [a-z_]+ .+|# TYPE [a-z_]+ (counter|gauge|summary)|"
+    r"# HELP [a-z_]+ .+|# TYPE [a-z_]+ (counter|gauge|summary|histogram)|"
     r'[a-z_]+(\{[a-z_]+="[^"\\]*"(,[a-z_]+="[^"\\]*")*\})? -?[0-9.e+-]+'
 )
 

@@ -52,6 +52,12 @@ EVENT_BATCH = 2000  # events per batch for a subscriber without a max_rate
 EVENTS_PER_TURN = 250  # a batch goes out in chunks this big, one per loop turn
 SUBSCRIBER_QUEUE = 20_000
 SESSION_ROWS = 200  # a snapshot lists at most this many sessions unless asked otherwise
+TOP_WINDOWS = (10, 60)  # seconds the `top` command can look back
+TOP_SORTS = ("requests", "bytes", "errors")
+TOP_LIMIT = 1000
+# Request fields whose values a session's detail view never shows: credentials.
+SECRET_FIELDS = frozenset(("authorization", "proxy-authorization", "cookie"))
+HIDDEN = "(hidden)"
 COMMANDS_PER_TURN = 64  # commands one control connection executes before the loop moves on
 MAX_PENDING_REPLIES = 4096  # replies waiting for the disk before a connection stops reading
 
@@ -117,6 +123,8 @@ class CommandAPI:
         self.commands: dict[str, Callable[[dict], Any]] = {
             "ping": lambda args: "pong",
             "snapshot": self.snapshot,
+            "top": self.top,
+            "session": self.session,
             "block": self.block,
             "unblock": self.unblock,
             "gzip": self.gzip,
@@ -206,6 +214,7 @@ class CommandAPI:
             "pid": os.getpid(),
             "config": core.config.path,
             "time": time.time(),
+            "listeners": [_address(*listener.address) for listener in core.listeners.values()],
             "sessions": {
                 "total": len(core.sessions),
                 "rows": [session_row(s, now) for s in sessions],
@@ -215,6 +224,68 @@ class CommandAPI:
             "acl": core.acl_snapshot(),
             "metrics": core.metrics_snapshot(),
             "events": {"published": core.bus.published, "dropped": core.bus.dropped},
+        }
+
+    def top(self, args: dict) -> dict:
+        """The busiest client addresses over the last `window` seconds (10 or 60)."""
+        window = _arg(args, "window", int, 10)
+        if window not in TOP_WINDOWS:
+            raise CommandError(f"window must be one of {', '.join(map(str, TOP_WINDOWS))}")
+        limit = _arg(args, "limit", int, 20)
+        if not 1 <= limit <= TOP_LIMIT:
+            raise CommandError(f"limit must be in 1..{TOP_LIMIT}")
+        sort = _arg(args, "sort", str, "requests")
+        if sort not in TOP_SORTS:
+            raise CommandError(f"sort must be one of {', '.join(TOP_SORTS)}")
+        core = self.core
+        tracker = core.top
+        if tracker is None:
+            return {"enabled": False, "window": window, "tracked": 0, "capacity": 0, "clients": []}
+        now = core.loop.now
+        clients = tracker.top(now, window, limit, sort)
+        by_ip = core.sessions_by_ip
+        for row in clients:
+            row["open"] = len(by_ip.get(row["ip"], ()))
+        return {
+            "enabled": True,
+            "window": window,
+            "tracked": tracker.tracked(now, window),
+            "capacity": tracker.capacity,
+            "clients": clients,
+        }
+
+    def session(self, args: dict) -> dict:
+        """One session in detail: its connection, the request in progress, the last one."""
+        session_id = _arg(args, "id", int)
+        core = self.core
+        session = core.sessions.get(session_id)
+        if session is None:
+            raise CommandError(f"no session {session_id}")
+        now = core.loop.now
+        listener = session.listener
+        last = session.last_request
+        return {
+            **session_row(session, now),
+            "port": session.conn.peer_port,
+            "listener": _address(listener.host, listener.port),
+            "last_request": None
+            if last is None
+            else {
+                "method": last.method,
+                "target": last.target,
+                "version": last.version,
+                "headers": [
+                    [name, HIDDEN if name.lower() in SECRET_FIELDS else value]
+                    for name, value in last.raw_headers
+                ],
+                "user_agent": last.headers.get("user-agent"),
+                "status": session.last_status,
+                "bytes": session.last_bytes,
+                "duration_ms": round(session.last_elapsed * 1000, 3),
+                "ago": round(now - session.last_done, 3),
+            },
+            "upstream": session.upstream or None,
+            "tls": None,
         }
 
     def block(self, args: dict) -> Any:
@@ -274,6 +345,10 @@ class CommandAPI:
             return action()
         except (ValueError, KeyError) as exc:
             raise CommandError(str(exc).strip("'\"")) from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _summary(result: Any) -> str:

@@ -89,6 +89,17 @@ class AclDenied(Event):
 
 
 @dataclass(slots=True)
+class ConnectionRefused(Event):
+    """Connections from `ip` refused at accept by the global block `cidr` (rate-limited: one
+    event per address per second; `count` refusals since the address's previous event)."""
+
+    ip: str
+    cidr: str
+    count: int
+    kind = "connection_refused"
+
+
+@dataclass(slots=True)
 class UpstreamConnected(Event):
     upstream: str
     kind = "upstream_connected"

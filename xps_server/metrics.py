@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+
+from xps_server.traffic import TrafficStats, prometheus_buckets
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -121,6 +124,15 @@ def snapshot(core: Core) -> dict[str, Any]:
         "blocks_active": len(core.runtime.blocklist.entries),
         "gzip_responses": stats.gzip_responses,
     }
+    now = core.loop.now
+    data["routes"] = {key: stats.summary(now) for key, stats in core.accounting.routes.items()}
+    data["upstreams"] = {
+        addr: state.stats.summary(now)
+        for addr, state in core.upstreams.items()
+        if state.stats is not None
+    }
+    top = core.top
+    data["top_clients_tracked"] = top.tracked(now, 60) if top is not None else 0
     data.update(core.gzip_cache.stats())
     access_log = core.access_log
     if access_log is not None:
@@ -239,8 +251,9 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def prometheus(data: dict[str, Any]) -> str:
-    """`snapshot`'s figures as Prometheus text exposition (version 0.0.4)."""
+def prometheus(data: dict[str, Any], core: Core | None = None) -> str:
+    """`snapshot`'s figures as Prometheus text exposition (version 0.0.4); with `core`, the
+    per-route and per-upstream latency histograms too."""
     lines = [
         "# HELP xps_info Server identity (always 1).",
         "# TYPE xps_info gauge",
@@ -260,7 +273,33 @@ def prometheus(data: dict[str, Any]) -> str:
         f"xps_response_time_seconds_sum {_number(data['res_time_total_msec'] / 1000)}",
         f"xps_response_time_seconds_count {data['res_total']}",
     ]
+    if core is not None:
+        routes = core.accounting.routes.items()
+        upstreams = [(a, s.stats) for a, s in core.upstreams.items() if s.stats is not None]
+        lines += _histograms("xps_route_response_seconds", "route", routes, _ROUTE_HELP)
+        lines += _histograms("xps_upstream_response_seconds", "upstream", upstreams, _UP_HELP)
     return "\n".join(lines) + "\n"
+
+
+_ROUTE_HELP = "Time from request head to response queued, per route."
+_UP_HELP = "Time from request sent to response complete, per upstream."
+
+
+def _histograms(
+    name: str, label: str, series: Iterable[tuple[str, TrafficStats]], text: str
+) -> list[str]:
+    """One Prometheus histogram family, a series per route or upstream."""
+    lines = [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+    for key, stats in series:
+        totals = stats.cumulative()
+        where = f'{label}="{_label(key)}"'
+        lines += [
+            f'{name}_bucket{{{where},le="{le}"}} {count}'
+            for le, count in prometheus_buckets(totals)
+        ]
+        lines.append(f"{name}_sum{{{where}}} {_number(totals.seconds)}")
+        lines.append(f"{name}_count{{{where}}} {totals.count}")
+    return lines
 
 
 # --- the route ------------------------------------------------------------------------------
@@ -285,7 +324,7 @@ def serve_metrics(session: Session, request: Request, route: Route, path: str) -
         return
     data = snapshot(session.core)
     if wants_prometheus(request):
-        body = prometheus(data).encode()
+        body = prometheus(data, session.core).encode()
         kind = b"text/plain"
     else:
         body = json.dumps(data, indent=1).encode() + b"\n"

@@ -32,6 +32,8 @@ _TOP_KEYS = frozenset(
     {
         "server_name",
         "workers",
+        "top_clients",
+        "histograms",
         "access_log",
         "state_file",
         "control_socket",
@@ -321,6 +323,8 @@ class _Checker:
         if "server_name" in top:
             config.server_name = self.text(top["server_name"], "server_name") or "eXpServer"
         config.workers = self.integer(top, "workers", "", 1, 1)
+        config.top_clients = self.integer(top, "top_clients", "", config.top_clients, 0, 1_000_000)
+        config.histograms = self.boolean(top, "histograms", "", config.histograms)
         for key in ("access_log", "state_file", "control_socket"):
             value = top.get(key)
             # null, like an absent key, leaves the feature off.

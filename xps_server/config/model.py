@@ -84,6 +84,9 @@ class Route:
     # The compiled ip lists plus runtime blocks (xps_server.policy.acl.Access), set by the core;
     # None when nothing restricts the route, so the request path pays one attribute check.
     access: object | None = field(default=None, init=False, repr=False, compare=False)
+    # The route's traffic figures (xps_server.traffic.TrafficStats), set by the core; None when
+    # histograms are off.
+    stats: object | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -107,6 +110,8 @@ class Config:
     path: str = ""
     server_name: str = "eXpServer"
     workers: int = 1
+    top_clients: int = 1000  # capacity of the top-talker tracker per time slot; 0: off
+    histograms: bool = True  # per-route and per-upstream latency histograms
     access_log: str | None = None  # absolute path, "-" for stdout, None for no access log
     state_file: str | None = None
     control_socket: str | None = None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from xps_server.accesslog import AccessLog
+from xps_server.accounting import Accounting
 from xps_server.config import Config, ConfigError, Route, load_config
 from xps_server.core.loop import Loop
 from xps_server.core.runtime import Runtime, route_key
@@ -34,6 +35,7 @@ from xps_server.metrics import Stats, serve_metrics, snapshot
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
 from xps_server.network.upstream import UpstreamRegistry
+from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.core")
 
@@ -54,6 +56,11 @@ class Core:
         # Upstream health, pools and balancers, by "host:port"; shared by routes naming it.
         self.upstreams = UpstreamRegistry(self.loop, self.bus)
         self.upstreams.configure(config)
+        # Per-route and per-upstream figures, and the top talkers; `top` is the tracker, kept
+        # here too because every request records into it.
+        self.accounting = Accounting(self.loop, self.bus)
+        self.accounting.configure(config, self._route_keys(config), self.upstreams)
+        self.top = self.accounting.top
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.sessions: dict[int, Session] = {}
         # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
@@ -98,10 +105,12 @@ class Core:
 
     def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
         stats = self.stats
-        blocked = self.runtime.blocklist.global_set
+        blocklist = self.runtime.blocklist
+        blocked = blocklist.global_set
         if blocked is not None and blocked.contains_ip(peer[0]):
             stats.conn_blocked += 1
             sock.close()  # refused before a byte is read: the client sees only the close
+            self.accounting.refused(peer[0], blocklist.hit(None, peer[0]))
             return
         if len(self.sessions) >= self.config.limits.max_connections or self.draining:
             if not self.idle or self.draining:
@@ -167,14 +176,26 @@ class Core:
         """A response is fully queued: account for it."""
         stats = self.stats
         stats.req_current -= 1
-        elapsed = self.loop.now - session.started
+        now = self.loop.now
+        elapsed = now - session.started
         stats.record_response(status, elapsed)
+        route_stats = session.route_stats
+        if route_stats is not None:
+            route_stats.record(status, elapsed)
+        request = session.request
+        top = self.top
+        if top is not None:
+            path = request.path if request is not None else "-"
+            top.request(session.conn.peer_ip, now, status, body_bytes, path)
+        session.last_status = status
+        session.last_bytes = body_bytes
+        session.last_elapsed = elapsed
+        session.last_done = now
         access_log = self.access_log
         if access_log is not None:
             access_log.log(session, status, body_bytes)
         bus = self.bus
         if bus.traffic:
-            request = session.request
             bus.publish_traffic(
                 RequestFinished(
                     time.time(),
@@ -195,16 +216,32 @@ class Core:
         """403 for a client the route's ACL or a runtime block refuses."""
         self.stats.acl_denied += 1
         ip = session.conn.peer_ip
+        access = route.access
+        reason = access.reason(ip)  # type: ignore[union-attr]
+        if reason == "blocked":
+            # A runtime block: counted against its entry and the client's refusals.
+            self.runtime.blocklist.hit(access.scope, ip)  # type: ignore[union-attr]
+            top = self.top
+            if top is not None:
+                top.refused(ip, self.loop.now)
         if self.bus.active:
-            reason = route.access.reason(ip)  # type: ignore[union-attr]
             self.bus.publish(AclDenied(time.time(), ip, route.req_path, path, reason))
         request = session.request
         session.error(403, request is not None and request.method == "HEAD")
+
+    @staticmethod
+    def _route_keys(config: Config) -> list[tuple[str, Route]]:
+        return [
+            (route_key(index, route.req_path), route)
+            for index, server in enumerate(config.servers)
+            for route in server.routes
+        ]
 
     # --- operator views -----------------------------------------------------------------------
     def routes_snapshot(self) -> list[dict]:
         """Every route of every server, with what the console shows and toggles."""
         rows = []
+        now = self.loop.now
         for index, server in enumerate(self.config.servers):
             for route in server.routes:
                 rows.append(
@@ -218,6 +255,7 @@ class Core:
                         "ip_whitelist": list(route.ip_whitelist),
                         "ip_blacklist": list(route.ip_blacklist),
                         "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
+                        **_traffic(route.stats, now),
                     }
                 )
         return rows
@@ -289,6 +327,8 @@ class Core:
         self.responder = Responder(config.server_name)
         self.files.clear()
         self.upstreams.configure(config)
+        self.accounting.configure(config, self._route_keys(config), self.upstreams)
+        self.top = self.accounting.top
         self.runtime.attach(config)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
@@ -327,5 +367,11 @@ class Core:
         if self.access_log is not None:
             self.access_log.close()
         self.runtime.close()
+        self.accounting.close()
         self.upstreams.close()
         self.loop.close()
+
+
+def _traffic(stats: object, now: float) -> dict:
+    """A route's or upstream's traffic figures for a snapshot row ({} when histograms are off)."""
+    return stats.summary(now) if isinstance(stats, TrafficStats) else {}

@@ -110,7 +110,7 @@ class Runtime:
         if route is None:
             return  # a global block (checked at accept) or one that outlived its route
         _, whitelist, blacklist = self._lists[id(route)]
-        route.access = build_access(whitelist, blacklist, self.blocklist.route_sets.get(key))
+        route.access = build_access(whitelist, blacklist, self.blocklist.route_sets.get(key), key)
 
     def resolve(self, key: object) -> tuple[str, Route]:
         """(canonical key, Route) for a route name; CommandError if there is no such route."""

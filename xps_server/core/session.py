@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from xps_server.core.core import Core
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+    from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")
 
@@ -66,6 +67,11 @@ class Session:
         "core",
         "eof",
         "id",
+        "last_bytes",
+        "last_done",
+        "last_elapsed",
+        "last_request",
+        "last_status",
         "linger_on_close",
         "linger_until",
         "lingering",
@@ -78,8 +84,10 @@ class Session:
         "request",
         "requests",
         "route",
+        "route_stats",
         "started",
         "timer",
+        "upstream",
     )
 
     def __init__(self, core: Core, listener: Listener, conn: Connection, session_id: int) -> None:
@@ -96,6 +104,14 @@ class Session:
         self.requests = 0
         self.opened = core.loop.now
         self.route = ""  # req_path of the route that took the latest request
+        self.route_stats: TrafficStats | None = None  # that route's, when histograms are on
+        self.upstream = ""  # the upstream of the latest proxied request
+        # The latest finished request, for the operator's detail view.
+        self.last_request: Request | None = None
+        self.last_status = 0
+        self.last_bytes = 0
+        self.last_elapsed = 0.0
+        self.last_done = 0.0
         self.request: Request | None = None
         self.started = 0.0
         self.phase = HEAD
@@ -353,18 +369,21 @@ class Session:
         if "%" in path or "/." in path or "//" in path or path[:1] != "/":
             path = normalize_path(path)
             if path is None:
+                self._unrouted()
                 self.fail(400)
                 return
         route = find_route(server, path)
         if route is None:
+            self._unrouted()
             self.error(404, request.method == "HEAD")
             return
+        self.route = route.req_path
+        self.route_stats = route.stats
         access = route.access
         if access is not None and not access.allows(self.conn.peer_ip):
             core.deny(self, route, path)
             return
         stats.req_by_type[route.type] += 1
-        self.route = route.req_path
         try:
             core.route_handlers[route.type](self, request, route, path)
         except Exception:
@@ -373,6 +392,11 @@ class Session:
             if not self.conn.closed:
                 self.producer = None
                 self.fail(500)
+
+    def _unrouted(self) -> None:
+        """The answer about to go out belongs to no route (not the previous request's)."""
+        self.route = ""
+        self.route_stats = None
 
     # --- responding -------------------------------------------------------------------------
     def keep_alive(self) -> bool:
@@ -412,6 +436,7 @@ class Session:
         conn.pause_reading()
         if self.request is None:
             # No request head came through, yet it is answered and counted like one (as nginx).
+            self._unrouted()
             self.started = self.core.loop.now
             self.core.stats.req_total += 1
             self.core.stats.req_current += 1
@@ -423,4 +448,5 @@ class Session:
 
     def finish(self, status: int, body_bytes: int) -> None:
         self.core.request_done(self, status, body_bytes)
+        self.last_request = self.request
         self.request = None

@@ -246,6 +246,7 @@ class ProxyStream:
         "response",
         "retried",
         "route",
+        "sent_at",
         "session",
         "state",
         "status",
@@ -268,6 +269,7 @@ class ProxyStream:
         self.head = upstream_request_head(request, session.conn.peer_ip)
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None
+        self.sent_at = 0.0  # when the request went to the current upstream
         self.tried: list[UpstreamState] = []
         self.response: Response | None = None
         self.status = 0
@@ -313,6 +315,8 @@ class ProxyStream:
         conn.handler = self
         self.conn = conn
         self.state = state
+        self.sent_at = self.loop.now
+        self.session.upstream = state.addr
         state.active += 1
         state.requests += 1
         conn.parser.head_request = self.request.method == "HEAD"
@@ -559,6 +563,7 @@ class ProxyStream:
         )
         self.done = True
         self._detach(reuse)
+        self._account(self.status)
         self.session.stream_done(self.status, self.body_bytes)
 
     def _lost(self, reason: str) -> None:
@@ -609,6 +614,7 @@ class ProxyStream:
                 exc.strerror or exc,
                 f"; {unlogged} more since the last report" if unlogged else "",
             )
+        self.state = None  # this request never reached it: nothing to account for
         self._give_up(503)
 
     def _give_up(self, status: int) -> None:
@@ -616,6 +622,7 @@ class ProxyStream:
         self.done = True
         if self.conn is not None:
             self._detach(False)
+        self._account(status)
         self.session.stream_failed(status)
 
     def _cut(self) -> None:
@@ -623,9 +630,16 @@ class ProxyStream:
         self.done = True
         if self.conn is not None:
             self._detach(False)
+        self._account(502)  # for the upstream's figures, a broken exchange
         session = self.session
         session.close_after = True
         session.stream_done(self.status, self.body_bytes)
+
+    def _account(self, status: int) -> None:
+        """The exchange with the last upstream tried is over: into its figures."""
+        state = self.state
+        if state is not None and state.stats is not None:
+            state.stats.record(status, self.loop.now - self.sent_at)
 
     # --- the session's side (Producer) ----------------------------------------------------------
     def on_body(self, data: bytes) -> None:

@@ -28,6 +28,7 @@ from xps_server.network.connection import READ_MASK, WRITE_MASK, Connection
 if TYPE_CHECKING:
     from xps_server.config import Config, Route
     from xps_server.events import EventBus
+    from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.upstream")
 
@@ -179,6 +180,7 @@ class UpstreamState:
         "port",
         "requests",
         "sockaddr",
+        "stats",
     )
 
     def __init__(self, loop: Loop, bus: EventBus, host: str, port: int) -> None:
@@ -198,6 +200,7 @@ class UpstreamState:
         self.last_error = ""
         self.last_error_at = 0.0  # wall clock, for the console
         self.idle: list[UpstreamConnection] = []
+        self.stats: TrafficStats | None = None  # set by the core's accounting when it is on
         self.family = socket.AF_INET
         self.sockaddr: tuple | None = None
         self.resolve()
@@ -257,9 +260,11 @@ class UpstreamState:
 
     @property
     def status(self) -> str:
+        """draining; down from the moment passive health takes it out until a response
+        succeeds (also while it is being tried again after fail_timeout); else up."""
         if self.draining:
             return DRAINING
-        return DOWN if self.down_until > self.loop.now else UP
+        return DOWN if self.down_until else UP
 
     def connected(self) -> None:
         if self.bus.active:
@@ -282,8 +287,8 @@ class UpstreamState:
             self.fails_since = now
         self.fails += 1
         if self.fails >= max_fails:
-            # Down (again, if this was the first try after a down period) for fail_timeout.
-            was_up = self.down_until <= now
+            # Down for fail_timeout; a failed retry after a down period keeps it down.
+            was_up = not self.down_until
             self.down_until = now + fail_timeout
             if was_up:
                 log.warning("upstream %s is down for %gs: %s", self.addr, fail_timeout, error)
@@ -311,7 +316,7 @@ class UpstreamState:
 
     def enable(self) -> None:
         """Back in rotation, whether it was drained or marked down."""
-        changed = self.draining or self.down_until > self.loop.now
+        changed = self.draining or bool(self.down_until)
         self.draining = False
         self.down_until = 0.0
         self.fails = 0
@@ -332,6 +337,7 @@ class UpstreamState:
             "connects": self.connects,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            **(self.stats.summary(now) if self.stats is not None else {}),
         }
 
 

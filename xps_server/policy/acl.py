@@ -131,6 +131,20 @@ class NetSet:
         addr = parse_ip(text)
         return addr is not None and self.contains(*addr)
 
+    def match_ip(self, text: str) -> str | None:
+        """The network (canonical text) of the set that holds the IP literal `text`, the
+        longest prefix if several do; None if none does."""
+        addr = parse_ip(text)
+        if addr is None:
+            return None
+        version, value = addr
+        for shift, nets in self._tables[version]:
+            number = value >> shift
+            if number in nets:
+                bits = _BITS[version]
+                return str(ipaddress.ip_network((number << shift, bits - shift)))
+        return None
+
 
 def _key(network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int]:
     """(version, host bits, network number) of a network: where a NetSet keeps it."""
@@ -147,17 +161,19 @@ class Access:
     verdicts hold only while the sets stay as they are: after changing one, build a new Access.
     """
 
-    __slots__ = ("_verdicts", "blacklist", "blocked", "whitelist")
+    __slots__ = ("_verdicts", "blacklist", "blocked", "scope", "whitelist")
 
     def __init__(
         self,
         whitelist: NetSet | None = None,
         blacklist: NetSet | None = None,
         blocked: NetSet | None = None,
+        scope: str | None = None,
     ) -> None:
         self.whitelist = whitelist
         self.blacklist = blacklist
         self.blocked = blocked
+        self.scope = scope  # the route key whose runtime blocks `blocked` holds
         self._verdicts: dict[str, bool] = {}
 
     def allows(self, ip: str) -> bool:
@@ -194,9 +210,10 @@ def compile_lists(whitelist: list[str], blacklist: list[str]) -> tuple[NetSet | 
 
 
 def build_access(
-    whitelist: NetSet | None, blacklist: NetSet | None, blocked: NetSet | None
+    whitelist: NetSet | None, blacklist: NetSet | None, blocked: NetSet | None, scope: str
 ) -> Access | None:
-    """The Access for a route, or None when nothing restricts it (the per-request fast path)."""
+    """The Access for the route named `scope`, or None when nothing restricts it (the
+    per-request fast path)."""
     if whitelist is None and blacklist is None and blocked is None:
         return None
-    return Access(whitelist, blacklist, blocked)
+    return Access(whitelist, blacklist, blocked, scope)

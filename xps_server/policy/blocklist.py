@@ -29,6 +29,8 @@ class BlockList:
 
     def __init__(self) -> None:
         self.entries: dict[tuple[str | None, str], float | None] = {}
+        # Connections or requests each entry refused, since it was added (not persisted).
+        self.hits: dict[tuple[str | None, str], int] = {}
         self.global_set: NetSet | None = None  # what accept checks; None when nothing is blocked
         self.route_sets: dict[str, NetSet] = {}  # only routes with blocks
         # (expires_at, tie-breaker, route, network); live while `entries` has that expiry.
@@ -59,6 +61,7 @@ class BlockList:
         at = self.entries.pop((route, network), _MISSING)
         if at is _MISSING:
             return False
+        self.hits.pop((route, network), None)
         if at is not None:
             self._timed -= 1
             self._compact_if_stale()
@@ -76,6 +79,7 @@ class BlockList:
             if entries.get(key, _MISSING) != at:
                 continue  # unblocked or given another expiry since
             del entries[key]
+            self.hits.pop(key, None)
             self._timed -= 1
             self._drop_from_set(route, network)
             gone.append(key)
@@ -88,6 +92,16 @@ class BlockList:
             heapq.heappop(heap)  # a stale entry surfaced
         return heap[0][0] if heap else None
 
+    def hit(self, route: str | None, ip: str) -> str | None:
+        """Count a refusal of `ip` on `route` (None: global) against the entry that refused it;
+        that entry's network, or None if no entry of that scope holds `ip`."""
+        found = self.global_set if route is None else self.route_sets.get(route)
+        network = found.match_ip(ip) if found is not None else None
+        if network is not None:
+            key = (route, network)
+            self.hits[key] = self.hits.get(key, 0) + 1
+        return network
+
     def has_scope(self, route: str) -> bool:
         """Whether any entry blocks on `route` (which may be gone from the config)."""
         return route in self.route_sets
@@ -95,15 +109,18 @@ class BlockList:
     def listing(self, now: float) -> list[dict[str, Any]]:
         """Live entries, global ones first, as JSON-able dicts."""
         rows = []
-        for (route, network), at in self.entries.items():
+        hits = self.hits
+        for key, at in self.entries.items():
             if at is not None and at <= now:
                 continue  # expired, about to be dropped by the timer
+            route, network = key
             rows.append(
                 {
                     "cidr": network,
                     "route": route,
                     "expires_at": at,
                     "expires_in": None if at is None else round(at - now, 3),
+                    "hits": hits.get(key, 0),
                 }
             )
         rows.sort(key=lambda row: (row["route"] is not None, row["route"] or "", row["cidr"]))

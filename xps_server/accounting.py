@@ -1,0 +1,101 @@
+"""What the operator reads about traffic: per-route and per-upstream figures, the top talkers,
+and the refusals of blocked clients.
+
+`Accounting` owns the `TrafficStats` of every route (kept by route key across reloads, handed
+to each `Route` as `route.stats`) and of every upstream (`UpstreamState.stats`), rotates their
+generations on a loop timer, owns the `TopTalkers` tracker, and turns refused connections into
+rate-limited `connection_refused` events. The request path only ever touches `route.stats`,
+`state.stats` and `top`, each None when the config turns it off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from xps_server.events import ConnectionRefused
+from xps_server.toptalkers import TopTalkers
+from xps_server.traffic import GENERATION_SECONDS, TrafficStats
+
+if TYPE_CHECKING:
+    from xps_server.config import Config, Route
+    from xps_server.core.loop import Loop
+    from xps_server.events import EventBus
+    from xps_server.network.upstream import UpstreamRegistry
+
+REFUSAL_EVENT_INTERVAL = 1.0  # at most one connection_refused event per address per second
+REFUSAL_MEMORY = 10_000  # addresses whose last event is remembered before the memory starts over
+
+
+class Accounting:
+    """Traffic figures of one core (see the module docstring)."""
+
+    def __init__(self, loop: Loop, bus: EventBus) -> None:
+        self.loop = loop
+        self.bus = bus
+        self.routes: dict[str, TrafficStats] = {}  # by route key
+        self.top: TopTalkers | None = None
+        self._upstreams: UpstreamRegistry | None = None
+        # address -> [time of its last connection_refused event, refusals not reported since]
+        self._refusals: dict[str, list] = {}
+        self._timer = loop.timer(self._rotate)
+        self._timer.reset(loop.now + GENERATION_SECONDS)
+
+    def configure(
+        self, config: Config, keys: list[tuple[str, Route]], upstreams: UpstreamRegistry
+    ) -> None:
+        """Match the figures to `config`: `keys` pairs each route key with its Route. Figures of
+        routes and upstreams that stay are kept; a new top-talker capacity starts afresh."""
+        now = self.loop.now
+        routes: dict[str, TrafficStats] = {}
+        for key, route in keys:
+            stats = None
+            if config.histograms:
+                stats = routes[key] = self.routes.get(key) or TrafficStats(now)
+            route.stats = stats
+        self.routes = routes
+        for state in upstreams.values():
+            if not config.histograms:
+                state.stats = None
+            elif state.stats is None:
+                state.stats = TrafficStats(now)
+        self._upstreams = upstreams
+        capacity = config.top_clients
+        if not capacity:
+            self.top = None
+        elif self.top is None or self.top.capacity != capacity:
+            self.top = TopTalkers(capacity)
+
+    def _rotate(self) -> None:
+        now = self.loop.now
+        for stats in self.routes.values():
+            stats.rotate(now)
+        if self._upstreams is not None:
+            for state in self._upstreams.values():
+                if state.stats is not None:
+                    state.stats.rotate(now)
+        self._timer.reset(now + GENERATION_SECONDS)
+
+    # --- refusals -------------------------------------------------------------------------------
+    def refused(self, ip: str, cidr: str | None) -> None:
+        """A connection from `ip` was refused by the global block `cidr`."""
+        now = self.loop.now
+        top = self.top
+        if top is not None:
+            top.refused(ip, now)
+        if not self.bus.active:
+            return
+        refusals = self._refusals
+        seen = refusals.get(ip)
+        if seen is None:
+            if len(refusals) >= REFUSAL_MEMORY:
+                refusals.clear()
+            seen = refusals[ip] = [now - REFUSAL_EVENT_INTERVAL, 0]
+        seen[1] += 1
+        if now - seen[0] >= REFUSAL_EVENT_INTERVAL:
+            self.bus.publish(ConnectionRefused(time.time(), ip, cidr or "", seen[1]))
+            seen[0] = now
+            seen[1] = 0
+
+    def close(self) -> None:
+        self._timer.close()
