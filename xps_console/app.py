@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from platformdirs import user_downloads_path
-from rich.text import Text
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import DataTable, Static
 
 from xps_console.formatting import (
     KINDS,
@@ -48,8 +46,6 @@ from xps_console.formatting import (
     session_rows,
     short_cidr,
     top_rows,
-    upstream_problems,
-    upstream_rows,
 )
 from xps_console.link import Link, LinkError
 from xps_console.logs import LogBuffer
@@ -61,7 +57,7 @@ from xps_console.screens.help import HelpScreen
 from xps_console.screens.session_detail import SessionScreen
 from xps_console.widgets.event_log import MARKER, EventLog
 from xps_console.widgets.metrics import MetricsPanel
-from xps_console.widgets.panels import EventsPanel, Panel
+from xps_console.widgets.panels import EventsPanel, Panel, UpstreamsPanel
 from xps_console.widgets.tables import KeyedTable, SessionsTable, TopTable
 
 # Refresh rates: what an operator can read, and cheap enough that the console (one thread of
@@ -323,24 +319,11 @@ class ConsoleApp(App[None]):
             self.sessions.sync(session_rows(rows))
             self._title_sessions(len(rows), sessions.get("total", len(rows)))
             self.routes.sync(route_rows(routes))
-            self.upstreams.sync(upstream_rows(snap.get("upstreams") or []))
-            self.show_upstream_problems()
+            self.dashboard.query_one(UpstreamsPanel).show(snap.get("upstreams") or [], now)
             self.acl.sync(acl_rows(snap.get("acl") or {}, routes, now))
             metrics = snap.get("metrics") or {}
             self.history.add(now, metrics)
             self.dashboard.query_one(MetricsPanel).show(self.history, self._summary(snap, metrics))
-
-    def show_upstream_problems(self) -> None:
-        upstreams = self.last_snapshot.get("upstreams") or []
-        now = self.last_snapshot.get("time") or time.time()
-        lines = upstream_problems(upstreams, self.upstreams.selected_key(), now)
-        problems = self.dashboard.query_one("#upstream-problems", Static)
-        problems.display = bool(lines)
-        problems.update(Text("\n".join(lines)))
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table is self.upstreams:
-            self.show_upstream_problems()
 
     def _title_sessions(self, listed: int, total: int) -> None:
         table = self.sessions

@@ -30,7 +30,7 @@ from xps_console.formatting import (
 from xps_console.widgets.event_log import EventLog, FilterInput
 from xps_console.widgets.footer import KeyFooter
 from xps_console.widgets.metrics import MetricsPanel
-from xps_console.widgets.panels import EventsPanel, Panel, SessionsPanel
+from xps_console.widgets.panels import EventsPanel, Panel, SessionsPanel, UpstreamsPanel
 from xps_console.widgets.tables import (
     AclTable,
     RoutesTable,
@@ -102,7 +102,7 @@ class DashboardScreen(Screen):
             with Vertical(id="right", classes="column"):
                 yield MetricsPanel("Metrics", id="metrics-panel")
                 yield Panel("Routes", RoutesTable(ROUTE_COLUMNS, id="routes"), id="routes-panel")
-                yield Panel(
+                yield UpstreamsPanel(
                     "Upstreams",
                     UpstreamsTable(UPSTREAM_COLUMNS, id="upstreams"),
                     Static(id="upstream-problems"),

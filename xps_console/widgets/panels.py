@@ -7,16 +7,18 @@ panel's subtitle says how the log is narrowed and whether it follows the newest 
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.markup import escape
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Input
+from textual.widgets import DataTable, Input, Static
 
-from xps_console.formatting import KINDS
+from xps_console.formatting import KINDS, upstream_problems, upstream_rows
 from xps_console.widgets.event_log import EventLog, FilterInput
+from xps_console.widgets.tables import UpstreamsTable
 
 FILTER_DELAY = 0.15  # typing in the log filter re-filters once the keys pause
 
@@ -38,6 +40,31 @@ class Panel(Vertical):
             if child.focusable and not isinstance(child, Input):
                 return child
         return None
+
+
+class UpstreamsPanel(Panel):
+    """The upstreams table, and under it, in words, every upstream that is down and the
+    selected one's last error (the table's last columns are often off screen)."""
+
+    now = 0.0  # the wall-clock time of the snapshot shown, for "2s ago"
+
+    def show(self, upstreams: list[dict], now: float) -> None:
+        self.now = now
+        table = self.query_one(UpstreamsTable)
+        table.sync(upstream_rows(upstreams))
+        self._problems()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._problems()
+
+    def _problems(self) -> None:
+        table = self.query_one(UpstreamsTable)
+        upstreams = [table.data_by_key[row.key.value] for row in table.ordered_rows]
+        lines = upstream_problems(upstreams, table.selected_key(), self.now)
+        problems = self.query_one("#upstream-problems", Static)
+        problems.display = bool(lines)
+        problems.update(Text("\n".join(lines)))
 
 
 class FilteredPanel(Panel):
