@@ -593,7 +593,7 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
                     if key == "b" and app.sessions.selected() is None:
                         # The selected session left the rows shown (`s` re-sorts them): put
                         # the cursor on one, as the operator would before pressing `b`.
-                        app.sessions.select(app.sessions.ordered_rows[0].key.value)
+                        app.sessions.select(app.sessions.keys[0])
                     probe.arm(key, drawn_checks[key]())
                     event = events.Key(*KEYS[key])
                     event.set_sender(app)

@@ -203,13 +203,14 @@ def test_columns_grow_to_fit_values_that_arrive_later(tmp_path, site, embedded):
             client = await asyncio.to_thread(Client, port_of(config))
             client.send_raw(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n")  # no answer yet
             key = await until(pilot, lambda: row_key_of(app, "127.0.0.1"))
-            assert str(app.sessions.get_cell(key, "bytes_out")) == "0B"  # the first width
+            assert str(app.sessions.cell(key, "bytes_out")) == "0B"  # the first width
             client.send_raw(b"\r\n")
             assert (await asyncio.to_thread(client.read_response)).status == 200
-            await until(pilot, lambda: str(app.sessions.get_cell(key, "bytes_out")) == "2.0M")
+            await until(pilot, lambda: str(app.sessions.cell(key, "bytes_out")) == "2.0M")
             table = app.sessions
             # Every cell fits its column: nothing is cut to the width of the first value.
-            for row_key, cells in table._cells.items():
+            for row_key in table.keys:
+                cells = table.cells(row_key)
                 for column_key, cell in zip(table.column_keys, cells, strict=True):
                     width = table.columns[column_key].content_width
                     assert Text(str(cell)).cell_len <= width, (row_key, column_key, cell)
@@ -231,7 +232,7 @@ def test_clicking_a_header_sorts_by_that_column(tmp_path, site, embedded):
             assert (await get(big, "/big.bin")).status == 200
             await until(pilot, lambda: row_key_of(app, "127.0.0.3") is not None)
             table = app.sessions
-            assert [table.data_by_key[r.key.value]["ip"] for r in table.ordered_rows][:2] == [
+            assert [table.data_by_key[key]["ip"] for key in table.keys][:2] == [
                 "127.0.0.2",
                 "127.0.0.3",
             ]  # oldest first, as the server sends them
@@ -240,7 +241,7 @@ def test_clicking_a_header_sorts_by_that_column(tmp_path, site, embedded):
             assert table.sort_column == "bytes_out" and not table.sort_reverse
             await pilot.click(table, offset=(x + 1, 0))  # again: the other way round
             await until(pilot, lambda: table.sort_reverse)
-            order = [table.data_by_key[r.key.value]["ip"] for r in table.ordered_rows]
+            order = [table.data_by_key[key]["ip"] for key in table.keys]
             assert order[:2] == ["127.0.0.3", "127.0.0.2"]
             assert "Out▼" in str(table.columns["bytes_out"].label)
             assert app.sort == "bytes"  # the server is asked for the busiest first too
@@ -636,7 +637,7 @@ def test_routes_and_upstreams_show_rates_latency_and_the_last_error(tmp_path, em
                 ),
             )
             assert route["rps"] > 0 and route["p50_ms"] <= route["p95_ms"] <= route["p99_ms"]
-            assert "ms" in str(app.routes.get_cell("/api", "latency"))
+            assert "ms" in str(app.routes.cell("/api", "latency"))
             upstream = await until(
                 pilot,
                 lambda: (
@@ -1216,8 +1217,7 @@ def test_one_snapshot_in_flight_rows_updated_in_place_keys_answer_under_flood():
             link.first = 11  # sessions 1..10 closed, 201..210 arrived
             done = app.snapshots
             await until(pilot, lambda: app.snapshots > done + 1)
-            keys = [row.key.value for row in table.ordered_rows]
-            assert keys == [str(i) for i in range(11, 211)]
+            assert table.keys == [str(i) for i in range(11, 211)]
             assert table.selected_key() == "50"  # the cursor followed its session
             # The log takes bounded batches and stays bounded.
             assert link.take_limits and max(link.take_limits) <= 300

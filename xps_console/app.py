@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -116,7 +116,10 @@ class ConsoleApp(App[None]):
         self.history = MetricsHistory()
         self.snapshots = 0  # applied so far
         self.last_snapshot: dict = {}
-        self.last_top: dict = {}
+        self.last_top: dict = {}  # the last `top` result
+        self.top_reply: dict | None = None  # the last `top` reply, result or error
+        self._behind = False  # data taken in and not drawn yet (a dialog covers the panels)
+        self._held: deque[tuple[int, str]] = deque(maxlen=log_lines)  # log lines, the same
         self.connected = True
         self.events_received = 0
         self._dropped_seen = 0
@@ -206,9 +209,17 @@ class ConsoleApp(App[None]):
             elif kind == "link_restored":
                 self.set_connected(True, str(event.get("message")))
             entries.append((event_kinds(event), event_line(event)))
-        if entries:
-            with self.batch_update():
-                self.event_log.add(entries)
+        if self.covered:
+            self._held.extend(entries)
+        else:
+            if self._held:
+                entries = [*self._held, *entries]
+                self._held.clear()
+            if self._behind:
+                self.show_panels()
+            if entries:
+                with self.batch_update():
+                    self.event_log.add(entries)
         if refresh:
             self.request_snapshot(fresh=True)
 
@@ -276,9 +287,7 @@ class ConsoleApp(App[None]):
                     self._report_problem(f"snapshot failed: {reply.get('error')}")
                     return
                 try:
-                    self.apply_snapshot(reply["result"])
-                    if top is not None:
-                        self.apply_top(top)
+                    self.apply_snapshot(reply["result"], top)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     # A snapshot this console does not understand: say so, keep running.
                     self._report_problem(f"unreadable snapshot: {exc!r}")
@@ -303,9 +312,36 @@ class ConsoleApp(App[None]):
             ]
         )
 
-    def apply_snapshot(self, snap: dict) -> None:
+    @property
+    def covered(self) -> bool:
+        """A dialog is over the dashboard: the panels behind it wait until it closes (drawing
+        them under a dialog costs the most, and it is the dialog the operator reads)."""
+        return self.screen is not self.dashboard
+
+    def apply_snapshot(self, snap: dict, top: dict | None = None) -> None:
+        """Take in a snapshot (and the `top` reply fetched with it); show them unless a dialog
+        covers the panels, in which case the next event drain after it closes does."""
         self.snapshots += 1
         self.last_snapshot = snap
+        self.history.add(snap.get("time") or time.time(), snap.get("metrics") or {})
+        if top is not None:
+            self._take_top(top)
+        self._behind = True
+        if not self.covered:
+            self.show_panels()
+
+    def _take_top(self, reply: dict) -> None:
+        self.top_reply = reply
+        if reply.get("ok"):
+            self.top_available = True
+            self.last_top = reply["result"]
+        elif "unknown command" in str(reply.get("error")):
+            self.top_available = False  # an older server: stop asking
+
+    def show_panels(self) -> None:
+        """Draw the last snapshot and top clients taken in."""
+        self._behind = False
+        snap = self.last_snapshot
         if self._problem is not None:
             self._problem = None
             self._panel("sessions").border_subtitle = ""
@@ -313,17 +349,17 @@ class ConsoleApp(App[None]):
         rows = sessions.get("rows") or []
         routes = snap.get("routes") or []
         now = snap.get("time") or time.time()
-        listeners = snap.get("listeners") or ()
         with self.batch_update():
-            self._show_identity(listeners)
+            self._show_identity(snap.get("listeners") or ())
             self.sessions.sync(session_rows(rows))
             self._title_sessions(len(rows), sessions.get("total", len(rows)))
             self.routes.sync(route_rows(routes))
             self.dashboard.query_one(UpstreamsPanel).show(snap.get("upstreams") or [], now)
             self.acl.sync(acl_rows(snap.get("acl") or {}, routes, now))
             metrics = snap.get("metrics") or {}
-            self.history.add(now, metrics)
             self.dashboard.query_one(MetricsPanel).show(self.history, self._summary(snap, metrics))
+            if self.top_reply is not None:
+                self._show_top(self.top_reply)
 
     def _title_sessions(self, listed: int, total: int) -> None:
         table = self.sessions
@@ -333,19 +369,16 @@ class ConsoleApp(App[None]):
         if panel.border_title != title:
             panel.border_title = title
 
-    def apply_top(self, reply: dict) -> None:
+    def _show_top(self, reply: dict) -> None:
         """The `top` command's reply: the top clients table, or why there is none."""
         panel = self._panel("top")
         if not reply.get("ok"):
             error = str(reply.get("error"))
             if "unknown command" in error:
-                self.top_available = False  # an older server: stop asking
                 error = "this server does not count top clients"
             panel.border_subtitle = escape(error)
             return
-        self.top_available = True
         result = reply["result"]
-        self.last_top = result
         if not result.get("enabled", True):
             self.top_clients.sync([])
             panel.border_subtitle = 'off: "top_clients" is 0 in the config'

@@ -47,6 +47,7 @@ class UpstreamsPanel(Panel):
     selected one's last error (the table's last columns are often off screen)."""
 
     now = 0.0  # the wall-clock time of the snapshot shown, for "2s ago"
+    _shown = ""  # the problem lines on screen
 
     def show(self, upstreams: list[dict], now: float) -> None:
         self.now = now
@@ -60,11 +61,18 @@ class UpstreamsPanel(Panel):
 
     def _problems(self) -> None:
         table = self.query_one(UpstreamsTable)
-        upstreams = [table.data_by_key[row.key.value] for row in table.ordered_rows]
+        upstreams = [table.data_by_key[key] for key in table.keys]
         lines = upstream_problems(upstreams, table.selected_key(), self.now)
+        text = "\n".join(lines)
+        if text == self._shown:
+            return
         problems = self.query_one("#upstream-problems", Static)
+        # A new height relayouts the whole screen: only when the number of lines changes, not
+        # when "retried in 9s" becomes "retried in 8s".
+        resized = text.count("\n") != self._shown.count("\n") or bool(text) != bool(self._shown)
+        self._shown = text
         problems.display = bool(lines)
-        problems.update(Text("\n".join(lines)))
+        problems.update(Text(text), layout=resized)
 
 
 class FilteredPanel(Panel):

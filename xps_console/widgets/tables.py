@@ -1,11 +1,13 @@
 """The console's tables: rows kept in step with keyed data, sorted by a header click.
 
-`KeyedTable.sync` touches only what changed: cells update in place (a column grows when a
-value needs it, so no number or unit is ever cut), rows that went away are removed and new ones
-added, and the cursor stays on the same key while rows around it come and go. When the row under
+The rows of a table are screen slots: `KeyedTable.sync` writes the rows it is given, in order,
+into them, updating only the cells that changed (a column grows when a value needs it, so no
+number or unit is ever cut). A slot is added or removed only when the number of rows changes:
+a session closing or a new one arriving is a few cell updates, never a relayout of the screen.
+The cursor follows the row (by its key) while rows around it come and go. When the row under
 the cursor goes away (its session was killed, its block lifted), nothing is selected until the
-operator moves the cursor: a second press of the same key can never act on the row that
-slid into its place.
+operator moves the cursor: a second press of the same key can never act on the row that slid
+into its place.
 
 Each table's own keys are bindings on it (shown in the footer while it has focus); they name
 actions of the app, which owns the commands.
@@ -18,7 +20,6 @@ from collections.abc import Sequence
 from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
-from textual.coordinate import Coordinate
 from textual.events import Click
 from textual.message import Message
 from textual.widgets import DataTable
@@ -59,8 +60,9 @@ class KeyedTable(DataTable):
         self.column_keys = tuple(key for key, _ in columns)
         for key, label in columns:
             self.add_column(label + LABEL_ROOM, key=key)
-        self.data_by_key: dict[str, dict] = {}
-        self._cells: dict[str, tuple] = {}
+        self.data_by_key: dict[str, dict] = {}  # the rows shown, by key
+        self.keys: list[str] = []  # the key of the row in each slot
+        self._slots: list[tuple] = []  # the cells in each slot
         self._given: list[Row] = []  # the rows as last given, before filter and sort
         self.sort_column: str | None = None
         self.sort_reverse = False
@@ -69,10 +71,9 @@ class KeyedTable(DataTable):
 
     # --- selection ----------------------------------------------------------------------------
     def selected_key(self) -> str | None:
-        if not self._cells or self.lost:
+        if not self.keys or self.lost:
             return None
-        row = min(max(self.cursor_row, 0), self.row_count - 1)
-        return self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+        return self.keys[min(max(self.cursor_row, 0), len(self.keys) - 1)]
 
     def selected(self) -> dict | None:
         """The data of the row under the cursor (None when that row went away)."""
@@ -82,7 +83,14 @@ class KeyedTable(DataTable):
     def select(self, key: str) -> None:
         """Put the cursor on `key`'s row."""
         self._regain()
-        self.move_cursor(row=self.get_row_index(key))
+        self.move_cursor(row=self.keys.index(key))
+
+    def cells(self, key: str) -> tuple:
+        """The cells shown for `key`'s row."""
+        return self._slots[self.keys.index(key)]
+
+    def cell(self, key: str, column: str) -> Text:
+        return self.cells(key)[self.column_keys.index(column)]
 
     def _regain(self) -> None:
         if self.lost:
@@ -140,35 +148,34 @@ class KeyedTable(DataTable):
         if self.sort_column is not None:
             column = self.sort_column
             rows.sort(key=lambda row: sort_value(row[2].get(column)), reverse=self.sort_reverse)
-        wanted = {row[0] for row in rows}
         selected = self.selected_key()
-        cursor = self.cursor_row
-        for key in [key for key in self._cells if key not in wanted]:
-            self.remove_row(key)
-            del self._cells[key]
-            del self.data_by_key[key]
+        slots = self._slots
+        for index in range(len(slots) - 1, len(rows) - 1, -1):
+            self.remove_row(str(index))  # from the end: the slots left keep their keys
+        del slots[len(rows) :]
         columns = self.columns
-        for key, cells, data in rows:
-            self.data_by_key[key] = data
-            old = self._cells.get(key)
-            if old is None:
-                self.add_row(*cells, key=key)
-            elif old != cells:
-                for column_key, new, was in zip(self.column_keys, cells, old, strict=True):
-                    if new != was:
-                        # Growing only when a value needs it: a shrinking column would make
-                        # the whole table jump at every refresh.
-                        grow = cell_width(new) > columns[column_key].content_width
-                        self.update_cell(key, column_key, new, update_width=grow)
-            self._cells[key] = cells
-        order = [key for key, _, _ in rows]
-        if [row.key.value for row in self.ordered_rows] != order:
-            self.reorder(order)
+        for index, (_, cells, _) in enumerate(rows):
+            if index == len(slots):
+                self.add_row(*cells, key=str(index))
+                slots.append(cells)
+                continue
+            old = slots[index]
+            if old == cells:
+                continue
+            for column_key, new, was in zip(self.column_keys, cells, old, strict=True):
+                if new != was:
+                    # Growing only when a value needs it: a shrinking column would make the
+                    # whole table jump at every refresh.
+                    grow = cell_width(new) > columns[column_key].content_width
+                    self.update_cell(str(index), column_key, new, update_width=grow)
+            slots[index] = cells
+        self.keys = [key for key, _, _ in rows]
+        self.data_by_key = {key: data for key, _, data in rows}
         if selected is None:
             return
-        if selected in self._cells:
-            index = self.get_row_index(selected)
-            if index != cursor:
+        if selected in self.data_by_key:
+            index = self.keys.index(selected)
+            if index != self.cursor_row:
                 self.move_cursor(row=index, scroll=False)
         else:
             self.lost = True
@@ -178,12 +185,6 @@ class KeyedTable(DataTable):
         """What the text filter searches: the cells as shown."""
         return " ".join(cell_plain(cell) for cell in row[1])
 
-    def reorder(self, order: list[str]) -> None:
-        """Put the rows in `order`. The first cell of every row is its key (tables where it
-        is not override this)."""
-        position = {key: index for index, key in enumerate(order)}
-        self.sort(self.column_keys[0], key=lambda cell: position[cell_plain(cell)])
-
     def set_filter(self, query: str) -> None:
         terms = filter_terms(query)
         if terms != self.terms:
@@ -192,7 +193,7 @@ class KeyedTable(DataTable):
 
     @property
     def shown_count(self) -> int:
-        return len(self._cells)
+        return len(self.keys)
 
     # --- sorting by a header click ------------------------------------------------------------
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
@@ -217,7 +218,7 @@ class KeyedTable(DataTable):
 
 
 class SessionsTable(KeyedTable):
-    """The live sessions; the first column is the session id."""
+    """The live sessions, by session id."""
 
     BINDINGS = [
         Binding("k", "app.kill_session", "Kill"),
@@ -247,9 +248,3 @@ class UpstreamsTable(KeyedTable):
 
 class AclTable(KeyedTable):
     BINDINGS = [Binding("u", "app.unblock", "Unblock")]
-
-    def reorder(self, order: list[str]) -> None:
-        """Its first cell is the entry's kind, not its key: rebuild (the list is short)."""
-        self.clear()
-        for key in order:
-            self.add_row(*self._cells[key], key=key)
