@@ -372,8 +372,8 @@ class Probe:
     def wrap_snapshot(self, app: Any) -> None:
         original = app.apply_snapshot
 
-        def recorded(snap: dict) -> None:
-            original(snap)
+        def recorded(snap: dict, *rest: Any) -> None:
+            original(snap, *rest)
             metrics = snap.get("metrics") or {}
             self.snapshots.append(
                 (

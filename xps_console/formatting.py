@@ -801,6 +801,26 @@ class MetricsHistory:
         return True
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """`values` in `width` cells, each the highest of its share of them, scaled to the highest
+    of all (a flat line when all are 0)."""
+    if not values or width <= 0:
+        return ""
+    count = len(values)
+    if count <= width:
+        buckets = list(values)
+    else:
+        buckets = [max(values[i * count // width : (i + 1) * count // width]) for i in range(width)]
+    top = max(buckets)
+    if top <= 0:
+        return SPARKS[0] * len(buckets)
+    last = len(SPARKS) - 1
+    return "".join(SPARKS[min(last, int(value / top * last + 0.5))] for value in buckets)
+
+
 def _number(metrics: dict, key: str) -> float:
     value = metrics.get(key, 0)
     return value if isinstance(value, int | float) else 0

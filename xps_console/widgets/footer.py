@@ -9,6 +9,7 @@ keys come first) as the width leaves room for, in their usual order.
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.screen import Screen
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
@@ -25,6 +26,19 @@ class KeyFooter(Footer):
     """See the module docstring."""
 
     _laid_out_for = 0  # the width the keys were chosen for
+    _showing: tuple = ()  # the bindings the keys were made for
+
+    def bindings_changed(self, screen: Screen) -> None:
+        """Recompose only when the keys to show changed: a recompose mounts a row of widgets
+        and relayouts the screen (after every dialog, every change of focus)."""
+        showing = tuple(
+            (key, active.binding.action, active.binding.description, active.enabled)
+            for key, active in screen.active_bindings.items()
+            if active.binding.show
+        )
+        if showing != self._showing or not self.children:
+            self._showing = showing
+            super().bindings_changed(screen)
 
     def compose(self) -> ComposeResult:
         widgets = list(super().compose())
