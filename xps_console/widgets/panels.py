@@ -14,11 +14,11 @@ from textual.containers import Vertical
 from textual.markup import escape
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from xps_console.formatting import KINDS, upstream_problems, upstream_rows
 from xps_console.widgets.event_log import EventLog, FilterInput
-from xps_console.widgets.tables import UpstreamsTable
+from xps_console.widgets.tables import KeyedTable, UpstreamsTable
 
 FILTER_DELAY = 0.15  # typing in the log filter re-filters once the keys pause
 
@@ -55,7 +55,7 @@ class UpstreamsPanel(Panel):
         table.sync(upstream_rows(upstreams))
         self._problems()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_keyed_table_highlighted(self, event: KeyedTable.Highlighted) -> None:
         event.stop()
         self._problems()
 
