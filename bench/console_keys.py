@@ -532,8 +532,8 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
             return screen is app.dashboard
 
         def zoom_toggled() -> Callable[[Any], bool]:
-            was = app.dashboard.maximized is not None
-            return lambda screen: (app.dashboard.maximized is not None) != was
+            was = app.dashboard.zoomed is not None
+            return lambda screen: (app.dashboard.zoomed is not None) != was
 
         def pause_toggled() -> Callable[[Any], bool]:
             was = "paused" in str(app.events_panel.border_subtitle)

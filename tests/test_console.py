@@ -886,9 +886,14 @@ def test_z_zooms_the_focused_panel(tmp_path, site, embedded):
             await until(pilot, lambda: app.routes.row_count)
             app.routes.focus()
             await pilot.press("z")
-            assert app.dashboard.maximized is app.dashboard.panel("routes")
+            routes = app.dashboard.panel("routes")
+            assert app.dashboard.zoomed is routes
+            await until(pilot, lambda: routes.region.height >= SIZE[1] - 3)  # the whole screen
+            assert not app.sessions.region.area and not app.event_log.region.area
             await pilot.press("z")
-            assert app.dashboard.maximized is None
+            assert app.dashboard.zoomed is None
+            await until(pilot, lambda: app.sessions.region.area)
+            assert routes.region.height < SIZE[1] // 2
             assert app.focused is app.routes
 
     asyncio.run(scenario())

@@ -629,8 +629,7 @@ class ConsoleApp(App[None]):
         self.say(f"Log: {'every kind' if kind is None else 'only ' + kind}")
 
     def action_zoom(self) -> None:
-        if not self.dashboard.toggle_zoom():
-            self.say("Nothing to zoom: focus a panel first", severity="warning")
+        self.dashboard.toggle_zoom()
 
     def action_show_panel(self, name: str) -> None:
         self.dashboard.show_panel(name)

@@ -51,6 +51,7 @@ PANELS = {
     "metrics": "Metrics",
 }
 TAB_TITLES = {"top": "Top"}  # shorter names on the tab bar
+ZOOMED_OUT = "-zoomed-out"  # the class of what a zoomed panel hides
 
 
 class DashboardScreen(Screen):
@@ -71,6 +72,7 @@ class DashboardScreen(Screen):
         self.log_lines = log_lines
         self.current = "sessions"  # the panel shown when narrow (the focused one when wide)
         self.client_panel = "sessions"  # of sessions and top clients, the one used last
+        self.zoomed: Panel | None = None  # the panel that has the whole screen (`z`)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -185,13 +187,27 @@ class DashboardScreen(Screen):
             if name != self.current:
                 self.show_panel(name, focus=False)
 
-    def toggle_zoom(self) -> bool:
-        """Zoom the focused panel to the whole screen, or back; False if nothing to zoom."""
-        if self.maximized is not None:
-            self.minimize()
-            return True
-        target = self.focused or self.panel(self.current)
-        return self.maximize(target)
+    def toggle_zoom(self) -> None:
+        """Give the current panel the whole screen, or share it again.
+
+        Not Textual's maximize: that restyles every widget of the screen (a class on the
+        screen), this hides the widgets around the panel (a class on each), a fraction of it.
+        """
+        if self.zoomed is not None:
+            for widget in self.query(f".{ZOOMED_OUT}"):
+                widget.remove_class(ZOOMED_OUT)
+            self.zoomed = None
+            return
+        panel = self.panel(self.current)
+        for column in self.query(".column"):
+            if panel in column.children:
+                for other in column.children:
+                    if other is not panel:
+                        other.add_class(ZOOMED_OUT)
+            else:
+                column.add_class(ZOOMED_OUT)
+        self.query_one(Tabs).add_class(ZOOMED_OUT)
+        self.zoomed = panel
 
     # --- the link -----------------------------------------------------------------------------
     def set_stale(self, message: str | None) -> None:
