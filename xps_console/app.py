@@ -109,6 +109,9 @@ class ConsoleApp(App[None]):
         self.session_limit = session_rows
         self.snapshot_interval = snapshot_interval
         self.dashboard = DashboardScreen(log_lines)
+        # Dialogs used again and again are built once (installed, so closing keeps them).
+        self.block_form = BlockForm()
+        self.help_screen = HelpScreen()
         self.sort = "age"
         self.top_sort = "requests"
         self.top_window = TOP_WINDOWS[0]
@@ -165,6 +168,8 @@ class ConsoleApp(App[None]):
         return self.dashboard.panel(name)
 
     async def on_dashboard_screen_ready(self) -> None:
+        self.install_screen(self.block_form, "block-form")
+        self.install_screen(self.help_screen, "help")
         self._show_identity()
         try:
             await self.link.open()
@@ -520,7 +525,8 @@ class ConsoleApp(App[None]):
             if request is not None:
                 self.ask_block(request.target, request.route, request.seconds, again=True)
 
-        self.push_screen(BlockForm(routes), submitted)
+        self.block_form.prepare(routes)
+        self.push_screen(self.block_form, submitted)
 
     def action_unblock(self) -> None:
         if self.focused is self.acl:
@@ -636,7 +642,7 @@ class ConsoleApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(self.help_screen)
 
     def action_screenshot(self) -> None:
         """Save an SVG of the screen: in the downloads folder if there is one, else here."""

@@ -3,7 +3,8 @@
 The address is checked as it is typed, and so is the duration (`never`, `10m`, `1h`...); the
 scope is global (refused at connect, open connections closed) or one route (403 there).
 Enter submits from any field, unless the scope list is open (Enter then picks a scope); the
-app asks for confirmation before anything is blocked.
+app asks for confirmation before anything is blocked. The app keeps one form (installed) and
+empties it before each use: building a form of a dozen widgets is slow under load.
 """
 
 from __future__ import annotations
@@ -56,19 +57,15 @@ class BlockForm(ModalScreen[BlockRequest | None]):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, routes: Sequence[str], address: str = "") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.routes = list(routes)
-        self.address = address
+        self.routes: list[str] = []
 
     def compose(self) -> ComposeResult:
-        scopes = [(Text("global: refused at connect, open connections close"), GLOBAL)]
-        scopes += [(Text(f"route {route}: its requests get 403"), route) for route in self.routes]
         with Vertical(id="block-form"):
             yield Static("[b]Block an address or a network[/b]", id="block-title")
             yield Label("Address or CIDR")
             yield Input(
-                self.address,
                 placeholder="203.0.113.7 or 10.0.0.0/8",
                 validators=[Parses(parse_target)],
                 validate_on=["changed", "submitted"],
@@ -76,7 +73,7 @@ class BlockForm(ModalScreen[BlockRequest | None]):
             )
             yield Static("", id="block-address-error", classes="field-error")
             yield Label("Scope")
-            yield Select(scopes, value=GLOBAL, allow_blank=False, id="block-scope")
+            yield Select(self._scopes(), value=GLOBAL, allow_blank=False, id="block-scope")
             yield Label("Duration")
             yield Input(
                 "never",
@@ -90,8 +87,28 @@ class BlockForm(ModalScreen[BlockRequest | None]):
                 "Enter blocks (you confirm first) · Tab next field · Esc cancels", id="block-hint"
             )
 
-    def on_mount(self) -> None:
-        self.query_one("#block-address", Input).focus()
+    def _scopes(self) -> list[tuple[Text, str]]:
+        scopes = [(Text("global: refused at connect, open connections close"), GLOBAL)]
+        scopes += [(Text(f"route {route}: its requests get 403"), route) for route in self.routes]
+        return scopes
+
+    def prepare(self, routes: Sequence[str]) -> None:
+        """Empty the fields and offer the routes of now (before each push)."""
+        self.routes = list(routes)
+        if self.is_mounted:
+            self._reset()
+
+    def _reset(self) -> None:
+        self.query_one("#block-address", Input).value = ""
+        self.query_one("#block-duration", Input).value = "never"
+        scope = self.query_one("#block-scope", Select)
+        scope.set_options(self._scopes())
+        scope.value = GLOBAL
+        for error in self.query(".field-error").results(Static):
+            error.update("")
+
+    def on_screen_resume(self) -> None:
+        self.query_one("#block-address", Input).focus()  # the cursor in the first field
 
     @on(Input.Changed)
     def _checked(self, event: Input.Changed) -> None:
