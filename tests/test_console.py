@@ -704,6 +704,12 @@ def last_drawn_line(app: ConsoleApp) -> str:
     return ""
 
 
+def shows_newest(app: ConsoleApp) -> bool:
+    """The log's bottom line on screen is the newest line it has."""
+    log = app.event_log
+    return last_drawn_line(app) == log.shown[-1][: log.size.width].rstrip()
+
+
 def test_log_keeps_following_past_its_line_limit(tmp_path, site, embedded):
     config = site_config(tmp_path, site)
     app = ConsoleApp(embedded(config), log_lines=60)  # a small limit, passed quickly
@@ -763,6 +769,8 @@ def test_log_pause_end_filter_kind_and_esc(tmp_path, site, embedded):
             assert "kind: error" in str(panel.border_subtitle)
             while log.kind is not None:
                 await pilot.press("e")
+            await pilot.press("p")  # paused: a new filter starts at the newest line anyway
+            assert not log.following
             await pilot.press("slash")
             assert isinstance(app.focused, FilterInput)
             await pilot.press(*"?b3")
@@ -770,6 +778,8 @@ def test_log_pause_end_filter_kind_and_esc(tmp_path, site, embedded):
             await pilot.press("escape")  # cancels the filter, and the log follows again
             await until(pilot, lambda: len(log.shown) > 30)
             assert log.terms == () and log.following
+            await until(pilot, lambda: shows_newest(app))  # at once, not at the next line
+            assert panel.filter_input.value == "" and not panel.filter_input.display
             for i in range(3):
                 assert (await get(client, f"/hello.txt?c{i}")).status == 200
             await until(pilot, lambda: "?c2 200" in last_drawn_line(app))

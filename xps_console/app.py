@@ -251,6 +251,7 @@ class ConsoleApp(App[None]):
         self.connected = connected
         self._show_identity(self.last_snapshot.get("listeners") or ())
         if connected:
+            self.top_available = None  # perhaps another server: ask it
             self.dashboard.set_stale(None)
             self.say(f"Reconnected to {self.link.target}", severity="information")
             self.request_snapshot(fresh=True)

@@ -824,12 +824,3 @@ def sparkline(values: list[float], width: int) -> str:
 def _number(metrics: dict, key: str) -> float:
     value = metrics.get(key, 0)
     return value if isinstance(value, int | float) else 0
-
-
-def summarize(result: object, limit: int = 160) -> str:
-    """A result in one short line (for results no sentence is written for)."""
-    if result is None:
-        return ""
-    text = result if isinstance(result, str) else json.dumps(result, default=str)
-    text = _one_line(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
