@@ -377,7 +377,8 @@ def upstream_problems(upstreams: Iterable[dict], selected: str | None, now: floa
             )
         if error:
             at = upstream.get("last_error_at")
-            ago = f" {human_age(now - at)} ago" if isinstance(at, int | float) else ""
+            known = isinstance(at, int | float) and at > 0  # 0: the server never said when
+            ago = f" {human_age(now - at)} ago" if known else ""
             parts.append(f"last error{ago}: {error}")
         lines.append(" · ".join(parts))
     return lines
