@@ -5,6 +5,8 @@ headless requests/s. Three runs on the same files and config (with a control soc
 headless `xps-server`; `xps-server` with `xps-console --attach` subscribed to its events;
 and `xps-console CONFIG`, the embedded mode `make run` uses (server thread and UI in one
 process). The consoles run in a pseudo-terminal, rendering for real, drained by a thread.
+Every process runs this checkout's code (`python -m xps_server`, `python -m xps_console` from
+its root), whatever an installed `xps-server` would import.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import fcntl
 import json
 import os
 import pty
-import shutil
 import signal
 import socket
 import struct
@@ -33,14 +34,14 @@ from bench.load import LoadSpec, find_wrk, run_load
 from bench.servers import Server, ServerError, free_port
 
 BUDGET = 0.8
-_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+_ROOT = Path(__file__).resolve().parent.parent
 _TERM_SIZE = (50, 160)  # rows, columns
 _READY_TIMEOUT = 15.0
 
 
-def _tool(name: str) -> str:
-    path = _BIN / name
-    return str(path) if path.is_file() else (shutil.which(name) or str(path))
+def _module(name: str) -> list[str]:
+    """Run `name` (xps_server, xps_console) from this checkout: cwd is its root."""
+    return [sys.executable, "-m", name]
 
 
 @contextmanager
@@ -50,7 +51,7 @@ def _in_pty(argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *_TERM_SIZE, 0, 0))
     env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(_TERM_SIZE[1]))
     proc = subprocess.Popen(
-        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, cwd=_ROOT
     )
     os.close(slave)
     screen_bytes = [0]
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         spec = LoadSpec(port, "/1k.txt", (), args.connections, args.duration, None)
-        headless_argv = [_tool("xps-server"), str(config), "--log-level", "warning"]
+        headless_argv = [*_module("xps_server"), str(config), "--log-level", "warning"]
 
         def measure() -> float:
             run_load(LoadSpec(port, "/1k.txt", (), args.connections, 1, None), wrk)  # warm-up
@@ -143,19 +144,20 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[str, float] = {}
         print("[console] headless xps-server", flush=True)
-        with Server("xps", headless_argv, port, work / "headless.log"):
+        with Server("xps", headless_argv, port, work / "headless.log", cwd=_ROOT):
             results["headless"] = measure()
         print("[console] xps-server + xps-console --attach", flush=True)
-        with Server("xps", headless_argv, port, work / "attached-server.log"):
+        with Server("xps", headless_argv, port, work / "attached-server.log", cwd=_ROOT):
             _wait_path(sock)
-            attach = [_tool("xps-console"), "--attach", str(sock)]
+            attach = [*_module("xps_console"), "--attach", str(sock)]
             with _in_pty(attach, work / "attached-console.log") as console:
                 time.sleep(2)  # the console connects, subscribes and draws its first frame
                 if console.poll() is not None:
                     raise ServerError(f"xps-console --attach exited with {console.returncode}")
                 results["attached"] = measure()
         print("[console] xps-console CONFIG (embedded)", flush=True)
-        with _in_pty([_tool("xps-console"), str(config)], work / "embedded.log") as console:
+        embedded = [*_module("xps_console"), str(config)]
+        with _in_pty(embedded, work / "embedded.log") as console:
             _wait_port(port, console)
             results["embedded"] = measure()
 

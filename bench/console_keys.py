@@ -1,27 +1,30 @@
-"""``python -m bench.console_keys``: do keys answer within 100 ms with 10,000 sessions open?
+"""``python -m bench.console_keys``: does a key press show its effect within 150 ms under load?
 
-The requirement: with 10,000 open sessions and thousands of new connections per second, a
-key press in the console still answers within 100 ms. This runs the real `ConsoleApp`
-embedded (the server's loop thread and the UI in this process, sharing one GIL) under
-Textual's headless `run_test`, as tests/test_console.py does, with notifications on as in the
-real console. Two helper processes, each with its own GIL, load the server: one holds N idle
-keep-alive connections (one request each, then silence), the other churns short connections
-(connect, GET 1 KiB with `Connection: close`, read to EOF, close) at a target rate.
+The requirement: under `wrk -c200` plus connection churn (and, by default, 10,000 idle
+sessions held open), the p99 from a key press to its visible effect stays within 150 ms. This
+runs the real `ConsoleApp` embedded (the server's loop thread and the UI in this process,
+sharing one GIL) under Textual's headless `run_test`, as tests/test_console.py does, with
+notifications on as in the real console. Helper processes, each with its own GIL, load the
+server: one holds N idle keep-alive connections (one request each, then silence), one churns
+short connections (connect, GET 1 KiB with `Connection: close`, read to EOF, close) at a target
+rate, and `wrk` keeps 200 keep-alive connections busy with 1 KiB GETs.
 
-It presses `s` (sort; answers with a toast) and `?` then `escape` (help) a few times with no
-load, then again once a snapshot counts the idle sessions and the churn runs. Each key is
+It presses, a few rounds with no load and then many once a snapshot counts the idle sessions
+and the churn and wrk run: `s` (sort; answers with a toast), `?` then `escape` (help), `b` then
+`n` (the block confirmation, then cancelled), `B` then `escape` (the block form), `z` twice
+(zoom, unzoom) and `p` twice (pause the log, follow again). Each key is
 due at a moment fixed in advance (a random gap after the previous key's effect was drawn)
 and timed from then, so a key that arrives while the process is stalled (a garbage
 collection, a long callback) waits as a real one would and the wait counts; it is then
 posted through the driver as a terminal key is. Times, taken inside the app:
 
 - posted: the key event sent (how late the process was to take it);
-- handled: the app's action for the key has run (`action_cycle_sort` and `action_help`
-  wrapped on the app instance; for `escape`, the `pop_screen` its help screen calls);
+- handled: the app's action for the key has run (its `action_*` method wrapped on the app
+  instance; for `escape` and `n`, the `pop_screen` that closing a dialog calls);
 - drawn: the first frame the compositor rendered (`App._display`, wrapped) that shows the
-  effect: the toast, the help screen, the dashboard again.
+  effect: the toast, the dialog, the dashboard again, the zoomed panel, the log's "paused".
 
-The verdict is the p99 of "handled" under load against 100 ms; "drawn" is reported beside
+The verdict is the p99 of "drawn" under load against 150 ms; "handled" is reported beside
 it, and every figure also without the presses that overlapped a generation-2 collection
 (which stops every thread of the process). `pilot.press` is not used for timing: it waits
 until the whole process, server thread included, goes CPU-idle (up to 2 s under load).
@@ -38,10 +41,13 @@ import json
 import math
 import multiprocessing as mp
 import random
+import re
 import resource
 import selectors
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,9 +57,9 @@ from multiprocessing.connection import Connection as PipeEnd
 from pathlib import Path
 from typing import Any
 
-BUDGET_MS = 100.0
+BUDGET_MS = 150.0
 SIZE = (160, 50)
-TOTAL_TIMEOUT = 85.0  # the whole scenario, start to quit
+TOTAL_TIMEOUT = 170.0  # the whole scenario, start to quit
 SETUP_TIMEOUT = 40.0  # the idle connections opened and answered, and a snapshot counting them
 HELPER_LIFETIME = 120.0  # helpers give up on their own after this, whatever the parent does
 BATCH = 250  # idle connections opened (and answered) at a time: stays under the listen backlog
@@ -64,7 +70,19 @@ REQUEST_CLOSE = b"GET /1k.txt HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r
 # destinations and the kernel's connect-time reuse rules apply.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 # The keys pressed, as Textual's terminal driver reports them: (key, character).
-KEYS = {"s": ("s", "s"), "?": ("question_mark", "?"), "escape": ("escape", "\x1b")}
+KEYS = {
+    "s": ("s", "s"),
+    "?": ("question_mark", "?"),
+    "escape": ("escape", "\x1b"),
+    "b": ("b", "b"),
+    "n": ("n", "n"),
+    "B": ("B", "B"),
+    "z": ("z", "z"),
+    "p": ("p", "p"),
+}
+# A round of presses: each group leaves the console as it found it.
+ROUND = [["s"], ["?", "escape"], ["b", "n"], ["B", "escape"], ["z", "z"], ["p", "p"]]
+DIALOG_CLOSERS = frozenset(("escape", "n"))  # pressed only once their dialog is up
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -320,13 +338,13 @@ class Probe:
         self.handled_at = self.drawn_at = None
         self.done.clear()
 
-    def wrap_action(self, owner: Any, attr: str, key: str) -> None:
+    def wrap_action(self, owner: Any, attr: str, *keys: str) -> None:
         original: Callable[..., Any] = getattr(owner, attr)
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
-            if self.armed == key and self.handled_at is None:
+            if self.armed in keys and self.handled_at is None:
                 self.handled_at = time.perf_counter()
             return result
 
@@ -354,8 +372,8 @@ class Probe:
     def wrap_snapshot(self, app: Any) -> None:
         original = app.apply_snapshot
 
-        def recorded(snap: dict) -> None:
-            original(snap)
+        def recorded(snap: dict, *rest: Any) -> None:
+            original(snap, *rest)
             metrics = snap.get("metrics") or {}
             self.snapshots.append(
                 (
@@ -402,6 +420,8 @@ class Result:
     gc_pauses: list[float] = field(default_factory=list)  # gen-2 collections under load, ms
     loaded_seconds: float = 0.0
     gc_tracked: int = 0  # objects the collector tracks once the loaded presses are done
+    wrk_rps: float = 0.0
+    wrk_summary: str = ""
     baseline: Series = field(default_factory=Series)  # the console with no load
     loaded: Series = field(default_factory=Series)
 
@@ -438,14 +458,30 @@ def say(message: str) -> None:
     print(f"[console_keys] {message}", file=sys.stderr, flush=True)
 
 
-def press_plan(presses: int, helps: int) -> list[str]:
-    """`s` presses with a `?` + `escape` pair after every third, up to `helps` pairs."""
-    plan: list[str] = []
-    for i in range(presses):
-        plan.append("s")
-        if i % 3 == 2 and plan.count("?") < helps:
-            plan += ["?", "escape"]
-    return plan
+def press_plan(rounds: int) -> list[str]:
+    """`rounds` times every group of ROUND, in order."""
+    return [key for _ in range(rounds) for group in ROUND for key in group]
+
+
+def start_wrk(wrk: str, port: int, connections: int) -> subprocess.Popen:
+    """wrk on the 1 KiB file until interrupted (it prints its summary on SIGINT)."""
+    argv = [wrk, "-t2", f"-c{connections}", f"-d{int(TOTAL_TIMEOUT)}s", "--timeout", "5s"]
+    argv.append(f"http://127.0.0.1:{port}/1k.txt")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_wrk(proc: subprocess.Popen) -> tuple[float, str]:
+    """Interrupt wrk; its requests/s and the line saying how many it sent (or why none)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out or "")
+    done = re.search(r"^\s*\d+ requests in .*$", out or "", re.MULTILINE)
+    return (float(rate[1]) if rate else 0.0), (done[0].strip() if done else (out or "").strip())
 
 
 async def scenario(args: argparse.Namespace, config: Path, port: int, result: Result) -> None:
@@ -456,11 +492,14 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
     from xps_console.cli import route_logging
     from xps_console.link import EmbeddedLink
     from xps_console.logs import LogBuffer
-    from xps_console.widgets import HelpScreen
+    from xps_console.screens.block_form import BlockForm
+    from xps_console.screens.confirm import ConfirmScreen
+    from xps_console.screens.help import HelpScreen
 
     ctx = mp.get_context("spawn")  # never fork a process that runs threads
     stop = ctx.Event()
     procs: list[Any] = []
+    wrk: subprocess.Popen | None = None
     probe = Probe()
     link = EmbeddedLink(str(config), grace=2.0)
     logs = LogBuffer()
@@ -472,23 +511,45 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
         probe.wrap_snapshot(app)
         probe.wrap_action(app, "action_cycle_sort", "s")
         probe.wrap_action(app, "action_help", "?")
-        probe.wrap_action(app, "pop_screen", "escape")  # what the help screen's escape calls
+        probe.wrap_action(app, "action_block_client", "b")
+        probe.wrap_action(app, "action_block_form", "B")
+        probe.wrap_action(app, "action_zoom", "z")
+        probe.wrap_action(app, "action_pause_log", "p")
+        probe.wrap_action(app, "pop_screen", *DIALOG_CLOSERS)  # what closing a dialog calls
         probe.wrap_display(app)
         posted_wall = [0.0]  # time.time() of the last key posted: what raised_at is stamped with
 
         def toast_shown(screen: Any) -> bool:
-            """The notification the armed `s` raised ("sessions busiest first") is drawn."""
+            """The notification the armed `s` raised ("Sessions busiest first") is drawn."""
             return any(
                 t._notification.raised_at >= posted_wall[0]
-                and t._notification.message.startswith("sessions ")
+                and t._notification.message.startswith("Sessions ")
                 and t.region.area
                 for t in screen.query(Toast)
             )
 
-        drawn_checks: dict[str, Callable[[Any], bool]] = {
-            "s": toast_shown,
-            "?": lambda screen: isinstance(screen, HelpScreen),
-            "escape": lambda screen: not isinstance(screen, HelpScreen),
+        def dashboard_again(screen: Any) -> bool:
+            return screen is app.dashboard
+
+        def zoom_toggled() -> Callable[[Any], bool]:
+            was = app.dashboard.zoomed is not None
+            return lambda screen: (app.dashboard.zoomed is not None) != was
+
+        def pause_toggled() -> Callable[[Any], bool]:
+            was = "paused" in str(app.events_panel.border_subtitle)
+            return lambda screen: ("paused" in str(app.events_panel.border_subtitle)) != was
+
+        # What each key's effect looks like; made when the key is armed (a toggle's depends on
+        # the state before it).
+        drawn_checks: dict[str, Callable[[], Callable[[Any], bool]]] = {
+            "s": lambda: toast_shown,
+            "?": lambda: lambda screen: isinstance(screen, HelpScreen),
+            "b": lambda: lambda screen: isinstance(screen, ConfirmScreen),
+            "B": lambda: lambda screen: isinstance(screen, BlockForm),
+            "escape": lambda: dashboard_again,
+            "n": lambda: dashboard_again,
+            "z": zoom_toggled,
+            "p": pause_toggled,
         }
         rng = random.Random(7)
         counters = ctx.Array("q", 2, lock=False)  # churn: done, failed
@@ -527,11 +588,13 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
                 would, and the wait counts."""
                 for key in plan:
                     check_interrupted()
-                    if key == "escape":
-                        await until(
-                            "the help screen", lambda: isinstance(app.screen, HelpScreen), 2
-                        )
-                    probe.arm(key, drawn_checks[key])
+                    if key in DIALOG_CLOSERS:
+                        await until("the dialog", lambda: app.screen is not app.dashboard, 2)
+                    if key == "b" and app.sessions.selected() is None:
+                        # The selected session left the rows shown (`s` re-sorts them): put
+                        # the cursor on one, as the operator would before pressing `b`.
+                        app.sessions.select(app.sessions.keys[0])
+                    probe.arm(key, drawn_checks[key]())
                     event = events.Key(*KEYS[key])
                     event.set_sender(app)
                     due = time.perf_counter() + rng.uniform(args.gap * 0.5, args.gap * 1.5)
@@ -559,7 +622,12 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
                     app.clear_notifications()
 
             await until("the first snapshot", lambda: probe.snapshots, 10)
-            baseline_plan = press_plan(args.baseline, args.baseline // 3)
+            # A client for `b` to select before the idle ones arrive: one answered keep-alive.
+            keeper = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 5)
+            keeper.sendall(REQUEST_KEEP)
+            await asyncio.to_thread(keeper.recv, 65536)
+            await until("a session to select", lambda: app.sessions.selected(), 10)
+            baseline_plan = press_plan(args.baseline)
             say(f"baseline: {len(baseline_plan)} presses with no load")
             await press_all(baseline_plan, result.baseline)
 
@@ -589,12 +657,18 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
             say(f"snapshot: {probe.sessions:,} sessions; churn at {args.rate:,.0f}/s")
             churner.start()
             procs.append(churner)
+            if args.wrk_connections:
+                say(f"wrk -c{args.wrk_connections} on /1k.txt")
+                wrk = start_wrk(args.wrk, port, args.wrk_connections)
             await pilot.pause(args.warmup)
             if not churner.is_alive():
                 raise RuntimeError(f"the churn process died (exit {churner.exitcode})")
+            if wrk is not None and wrk.poll() is not None:
+                raise RuntimeError(f"wrk exited with {wrk.returncode}: {stop_wrk(wrk)[1]}")
 
-            plan = press_plan(args.presses, args.help)
-            say(f"loaded: {len(plan)} presses ({plan.count('s')} s, {plan.count('?')} ? + escape)")
+            plan = press_plan(args.rounds)
+            groups = " ".join("".join(group) for group in ROUND)
+            say(f"loaded: {len(plan)} presses, {args.rounds} rounds of {groups}")
             done0, t_start = counters[0], time.perf_counter()
             first_snapshot, first_gc = len(probe.snapshots), len(probe.gc_spans)
             await press_all(plan, result.loaded)
@@ -612,14 +686,20 @@ async def scenario(args: argparse.Namespace, config: Path, port: int, result: Re
                 result.accepted_rate = (a1 - a0) / (t1 - t0) if t1 > t0 else 0.0
 
             say("stopping the load and quitting the console")
+            if wrk is not None:
+                result.wrk_rps, result.wrk_summary = stop_wrk(wrk)
+                wrk = None
             stop.set()
             churner.join(5)
             if parent_end.poll(10):
                 result.idle_closed = parent_end.recv().get("closed_by_server")
             idle.join(10)
+            keeper.close()
             driver.send_message(events.Key("q", "q"))
             await until("the console to quit", lambda: app.return_code is not None, 15)
     finally:
+        if wrk is not None:
+            stop_wrk(wrk)
         stop.set()
         for proc in procs:
             proc.join(3)
@@ -671,6 +751,8 @@ def report(result: Result) -> int:
         f"churn: {result.churn_rate:,.0f} new connections/s completed by the client"
         f" ({result.churn_failed:,} failed), {result.accepted_rate:,.0f}/s accepted by the server"
     )
+    if result.wrk_summary:
+        print(f"wrk: {result.wrk_rps:,.0f} requests/s ({result.wrk_summary})")
     pauses = result.gc_pauses
     if pauses:
         print(
@@ -685,14 +767,16 @@ def report(result: Result) -> int:
     latency_table("under load: ms from the moment a key is due", loaded)
     in_gc = sum(press.in_gc for press in loaded.presses)
     print(f"  {in_gc} of {len(loaded.presses)} presses overlapped a generation-2 collection")
-    p99 = percentile(handled, 99)
-    ok = p99 < BUDGET_MS and not loaded.count("handled")
-    drawn_note = f"; drawn p99 {percentile(drawn, 99):.1f} ms, not in the verdict" if drawn else ""
+    if not drawn:
+        print("no key press was drawn under load")
+        return 1
+    p99 = percentile(drawn, 99)
+    ok = p99 <= BUDGET_MS and not loaded.count("drawn")
     print()
     print(
-        f"{'PASS' if ok else 'FAIL'}: under load, p99 of handled {p99:.1f} ms"
-        f" ({'<' if p99 < BUDGET_MS else '>='} {BUDGET_MS:g} ms; max {max(handled):.1f} ms"
-        f"{drawn_note})"
+        f"{'PASS' if ok else 'FAIL'}: under load, p99 from key press to visible effect"
+        f" {p99:.1f} ms ({'<=' if p99 <= BUDGET_MS else '>'} {BUDGET_MS:g} ms; max"
+        f" {max(drawn):.1f} ms; handled p99 {percentile(handled, 99):.1f} ms)"
     )
     return 0 if ok else 1
 
@@ -710,13 +794,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=32, help="churn connections in flight")
     parser.add_argument(
-        "--presses", type=int, default=60, metavar="N", help="`s` presses under load"
+        "--rounds", type=int, default=12, metavar="N", help="rounds of presses under load"
     )
     parser.add_argument(
-        "--help-presses", dest="help", type=int, default=20, metavar="N", help="`?`+`escape` pairs"
+        "--baseline", type=int, default=2, metavar="N", help="rounds of presses with no load"
     )
     parser.add_argument(
-        "--baseline", type=int, default=15, metavar="N", help="`s` presses with no load"
+        "--wrk-connections",
+        type=int,
+        default=200,
+        metavar="N",
+        help="wrk keep-alive connections beside the churn (0: no wrk)",
     )
     parser.add_argument(
         "--gap", type=float, default=0.25, metavar="SECONDS", help="mean pause between keys"
@@ -725,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=2.0, metavar="SECONDS", help="churn before pressing"
     )
     args = parser.parse_args(argv)
+    args.wrk = shutil.which("wrk")
+    if args.wrk_connections and args.wrk is None:
+        say("wrk is not installed (or pass --wrk-connections 0)")
+        return 2
     limit = raise_nofile()
     signal.signal(signal.SIGINT, on_sigint)
     if limit < args.sessions + 1000:

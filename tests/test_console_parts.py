@@ -6,18 +6,33 @@ import ast
 import logging
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.text import Text
 
 from xps_console import cli
 from xps_console.formatting import (
+    KIND_BITS,
     EventHighlighter,
     MetricsHistory,
     acl_rows,
+    block_question,
+    describe_reply,
+    dropped_line,
+    event_kinds,
     event_line,
     filter_terms,
+    format_duration,
     human_age,
     human_bytes,
+    last_upstream_routes,
+    latency,
     matches,
+    open_connections,
+    parse_duration,
+    parse_target,
+    top_rows,
 )
 from xps_console.logs import LogBuffer
 
@@ -87,6 +102,9 @@ def test_every_event_kind_makes_one_filterable_line():
     assert all("\n" not in line for line in lines)
     assert "#7 10.0.0.1 GET /a 404" in lines[2]
     assert "block cidr=10.0.0.1 → FAILED bad | cidr" in lines[8]
+    refused = event_line({"kind": "connection_refused", "ts": 0, "ip": "127.0.0.9",
+                          "cidr": "127.0.0.9/32", "count": 17})  # fmt: skip
+    assert "refused  127.0.0.9 17 times at connect (block 127.0.0.9)" in refused
     assert '{"value": 1}' in lines[-1]
     assert [line for line in lines if matches(line, filter_terms("UPSTREAM h:1"))] == lines[5:7]
 
@@ -99,20 +117,27 @@ def test_highlighter_colours_by_status_class_and_flags_failures():
     text = Text(request)
     EventHighlighter().highlight(text)
     assert any("red" in str(span.style) for span in text.spans)
-    failed = Text(event_line({"kind": "command", "ts": 0, "command": "gzip", "ok": False}))
+    failed = Text(event_line({"kind": "operator_action", "ts": 0, "command": "gzip", "ok": False}))
     EventHighlighter().highlight(failed)
     start = failed.plain.index("FAILED")
     assert any(s.start == start and "red" in str(s.style) for s in failed.spans)
 
 
 def test_acl_rows_list_blocks_with_expiry_then_route_lists():
-    acl = {"blocks": [{"cidr": "10.0.0.0/8", "route": None, "expires_at": None},
+    acl = {"blocks": [{"cidr": "10.0.0.0/8", "route": None, "expires_at": None, "hits": 603},
                       {"cidr": "1.2.3.4/32", "route": "/api", "expires_in": 90.0}]}  # fmt: skip
     routes = [{"key": "/", "ip_whitelist": ["10.0.0.0/8"], "ip_blacklist": ["10.0.0.7"]}]
     rows = acl_rows(acl, routes, now=0)
     assert [data["kind"] for _, _, data in rows] == ["block", "block", "allow", "deny"]
-    assert [str(cells[3]) for _, cells, _ in rows] == ["never", "in 1m30s", "config", "config"]
-    assert rows[1][2] == {"kind": "block", "cidr": "1.2.3.4/32", "route": "/api"}
+    assert [str(cells[4]) for _, cells, _ in rows] == ["never", "in 1m30s", "config", "config"]
+    assert [str(cells[3]) for _, cells, _ in rows] == ["603", "-", "-", "-"]
+    assert rows[1][2] == {
+        "kind": "block",
+        "cidr": "1.2.3.4/32",
+        "route": "/api",
+        "hits": None,
+        "expires": 90.0,
+    }
 
 
 def test_log_buffer_keeps_records_for_the_panel():
@@ -149,3 +174,97 @@ def test_cli_invalid_config_exits_2_with_every_problem(tmp_path, capsys):
 def test_cli_attach_to_nothing_exits_1(tmp_path, capsys):
     assert cli.main(["--attach", str(tmp_path / "none.sock")]) == 1
     assert "no control socket" in capsys.readouterr().err
+
+
+# --- durations, addresses, sentences --------------------------------------------------------
+@given(st.integers(min_value=1, max_value=400 * 86400))
+def test_durations_read_back_what_they_write(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_durations_as_an_operator_types_them():
+    assert parse_duration("never") is None
+    assert parse_duration(" ") is None
+    assert parse_duration("10m") == 600
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("2D") == 172800
+    for wrong in ("10", "m", "1x", "-5m", "0s", "10m1h"):
+        with pytest.raises(ValueError):
+            parse_duration(wrong)
+
+
+def test_targets_are_addresses_or_networks():
+    assert parse_target(" 127.0.0.9 ") == "127.0.0.9"
+    assert parse_target("10.1.2.3/8") == "10.0.0.0/8"  # host bits cleared, as the server does
+    assert parse_target("::1") == "::1"
+    for wrong in ("300.1.2.3", "example.com", "", "10.0.0.0/33"):
+        with pytest.raises(ValueError):
+            parse_target(wrong)
+
+
+def test_replies_become_sentences_and_unsaved_is_a_warning():
+    block = {"cidr": "127.0.0.9/32", "route": None, "closed": 3}
+    args = {"cidr": "127.0.0.9", "seconds": 600}
+    saved = describe_reply("block", args, {"ok": True, "result": {**block, "persisted": True}})
+    assert saved == ("Blocked 127.0.0.9 for 10m, 3 connections closed (saved)", "information")
+    lost = describe_reply("block", args, {"ok": True, "result": {**block, "persisted": False}})
+    assert lost == (
+        "Blocked 127.0.0.9 for 10m, 3 connections closed "
+        "(NOT saved: the state file could not be written)",
+        "warning",
+    )
+    none = describe_reply("block", args, {"ok": True, "result": {**block, "persisted": None}})
+    assert none[0].endswith("(not kept across restarts)") and none[1] == "information"
+    failed = describe_reply("block", {"cidr": "x"}, {"ok": False, "error": "not an IP"})
+    assert failed == ("Block x failed: not an IP", "error")
+    unblocked = {"cidr": "10.0.0.0/8", "route": "/api", "removed": False, "persisted": None}
+    assert describe_reply("unblock", {}, {"ok": True, "result": unblocked}) == (
+        "10.0.0.0/8 on route /api was not blocked",
+        "warning",
+    )
+    killed = {"killed": {"id": 7, "client": "127.0.0.1:5000"}}
+    assert describe_reply("kill", {"session": 7}, {"ok": True, "result": killed}) == (
+        "Killed session #7 (127.0.0.1:5000)",
+        "information",
+    )
+
+
+def test_questions_say_what_will_happen():
+    assert block_question("127.0.0.9", None, None, 3) == (
+        "Block 127.0.0.9 globally? 3 open connections will close."
+    )
+    assert block_question("127.0.0.9", None, 3600, 1) == (
+        "Block 127.0.0.9 globally for 1h? 1 open connection will close."
+    )
+    assert "on route /api for 10m? Its requests there will get 403." in block_question(
+        "10.0.0.0/8", "/api", 600, 5
+    )
+    top = [{"ip": "10.0.0.1", "open": 4}, {"ip": "10.0.0.2", "open": 2}, {"ip": "11.0.0.1"}]
+    sessions = [{"ip": "10.0.0.1"}]
+    assert open_connections("10.0.0.0/8", top, sessions) == 6
+    assert open_connections("10.0.0.1", [], sessions + sessions) == 2
+
+
+def test_the_last_upstream_up_of_a_route():
+    routes = [{"key": "/api", "upstreams": ["a:1", "b:1"]}, {"key": "/b", "upstreams": ["b:1"]}]
+    up = [{"addr": "a:1", "state": "up"}, {"addr": "b:1", "state": "up"}]
+    assert last_upstream_routes("b:1", routes, up) == ["/b"]
+    assert last_upstream_routes("a:1", routes, up) == []
+    one_down = [{"addr": "a:1", "state": "down"}, {"addr": "b:1", "state": "up"}]
+    assert last_upstream_routes("b:1", routes, one_down) == ["/api", "/b"]
+
+
+def test_numbers_keep_their_units_and_lines_their_kinds():
+    assert latency({"p50_ms": 0.4, "p95_ms": 2.5, "p99_ms": 1250.0}) == "0.4/2.5/1250 ms"
+    assert latency({"p50_ms": None, "p95_ms": None, "p99_ms": None}) == "-"
+    ok = {"kind": "request_finished", "status": 200}
+    assert event_kinds(ok) == KIND_BITS["request"]
+    assert event_kinds({**ok, "status": 502}) == KIND_BITS["request"] | KIND_BITS["error"]
+    assert event_kinds({"kind": "connection_refused"}) == KIND_BITS["acl"]
+    block = {"kind": "operator_action", "command": "block", "ok": True}
+    assert event_kinds(block) == KIND_BITS["operator"] | KIND_BITS["acl"]
+    drain = {"kind": "command", "command": "drain", "ok": False}
+    assert event_kinds(drain) == KIND_BITS["operator"] | KIND_BITS["upstream"] | KIND_BITS["error"]
+    (row,) = top_rows([{"ip": "10.0.0.1", "requests": 1520, "error_bound": 3}])
+    assert str(row[1][1]) == "≈1,520"  # may be over-counted: said so
+    assert dropped_line(603, ts=0).endswith("… 603 events dropped …")

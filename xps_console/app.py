@@ -1,52 +1,64 @@
-"""The operator console: live sessions, event log, routes, upstreams, ACL and metrics.
+"""The operator console: what a server is doing, and one key to stop an abusive client.
 
-Everything the app knows arrives through its `Link`, on two timers:
+Everything the app knows arrives through its `Link`, on two timers set on the dashboard:
 - events are drained in batches (at most `EVENTS_PER_TICK` every `EVENT_INTERVAL`), never one
-  message per event, so a flood of connections costs the UI a bounded amount of work;
-- a snapshot (sessions, routes, upstreams, ACL, metrics) is requested every
-  `SNAPSHOT_INTERVAL`, with at most one in flight, and applied as a diff to the tables.
-Every key is a named command sent through the link; its reply becomes a notification and a
-log line. Nothing here touches the server's objects.
+  message per event, so a flood of connections costs the UI a bounded amount of work; events
+  the link dropped leave a marker line in the log;
+- a snapshot (sessions, routes, upstreams, ACL, metrics) and the top clients are requested
+  every `SNAPSHOT_INTERVAL`, with at most one request in flight, and applied as diffs.
+Every key runs a named command through the link (the same a script sends to the control
+socket); the ones that block, kill or take the last upstream of a route out of rotation ask
+first. A reply becomes a sentence, in a toast and in the log. Nothing here touches the
+server's objects. When an attached link drops, the dashboard greys out until it is back.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual.app import App, ComposeResult
+from platformdirs import user_downloads_path
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.timer import Timer
-from textual.widgets import Footer, Header, Input
+from textual.markup import escape
+from textual.screen import Screen
 
 from xps_console.formatting import (
-    ACL_COLUMNS,
-    ROUTE_COLUMNS,
-    SESSION_COLUMNS,
-    UPSTREAM_COLUMNS,
+    KINDS,
+    TOP_SORT_BY_COLUMN,
+    TOP_SORTS,
     MetricsHistory,
     acl_rows,
+    block_question,
+    describe_reply,
+    drain_question,
+    dropped_line,
+    event_kinds,
     event_line,
-    format_args,
+    kill_question,
+    last_upstream_routes,
+    open_connections,
     route_rows,
     session_rows,
-    summarize,
-    upstream_rows,
+    short_cidr,
+    top_rows,
 )
 from xps_console.link import Link, LinkError
 from xps_console.logs import LogBuffer
-from xps_console.widgets import (
-    EventLog,
-    FilterInput,
-    HelpScreen,
-    KeyedTable,
-    MetricsPanel,
-    SessionsTable,
-)
+from xps_console.palette import ConsoleCommands
+from xps_console.screens.block_form import BlockForm, BlockRequest
+from xps_console.screens.confirm import ConfirmScreen
+from xps_console.screens.dashboard import PANELS, DashboardScreen
+from xps_console.screens.help import HelpScreen
+from xps_console.screens.session_detail import SessionScreen
+from xps_console.widgets.event_log import MARKER, EventLog
+from xps_console.widgets.metrics import MetricsPanel
+from xps_console.widgets.panels import EventsPanel, Panel, UpstreamsPanel
+from xps_console.widgets.tables import KeyedTable, SessionsTable, TopTable
 
 # Refresh rates: what an operator can read, and cheap enough that the console (one thread of
 # the server's own process when embedded) leaves the server most of the CPU.
@@ -54,8 +66,9 @@ EVENT_INTERVAL = 0.2  # seconds between event drains
 EVENTS_PER_TICK = 300  # at most this many log lines per drain (1,500 a second)
 SNAPSHOT_INTERVAL = 1.0  # seconds between snapshots, when the previous one has returned
 SESSION_ROWS = 200  # rows of the sessions table; the title says "N of TOTAL"
-LOG_LINES = 2000
-FILTER_DELAY = 0.15  # typing in the filter re-filters the log once the keys pause
+LOG_LINES = 2000  # lines the event log keeps
+TOP_ROWS = 50  # rows of the top clients table
+TOP_WINDOWS = (10, 60)  # seconds the `top` command counts over
 SORTS = ("age", "bytes")  # the snapshot also sorts by "id", which is age order again
 SORT_NAMES = {"age": "oldest first", "bytes": "busiest first"}
 # Commands that change the server; the server also announces them as operator_action events.
@@ -69,15 +82,15 @@ class ConsoleApp(App[None]):
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "eXpServer"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("b", "block_ip", "Block IP"),
-        Binding("u", "unblock", "Unblock"),
-        Binding("g", "toggle_gzip", "gzip"),
-        Binding("k", "kill_session", "Kill"),
-        Binding("d", "toggle_upstream", "Drain/enable"),
+        Binding("b", "block_client", "Block"),
+        Binding("B", "block_form", "Block…"),
+        Binding("slash", "filter_log", "Filter"),
+        Binding("p", "pause_log", "Pause"),
+        Binding("e", "log_kind", "Kind"),
+        Binding("z", "zoom", "Zoom"),
         Binding("r", "reload", "Reload"),
-        Binding("s", "cycle_sort", "Sort"),
-        Binding("slash", "filter", "Filter"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -88,66 +101,76 @@ class ConsoleApp(App[None]):
         logs: LogBuffer | None = None,
         session_rows: int = SESSION_ROWS,
         snapshot_interval: float = SNAPSHOT_INTERVAL,
+        log_lines: int = LOG_LINES,
     ) -> None:
         super().__init__()
         self.link = link
         self.logs = logs
         self.session_limit = session_rows
         self.snapshot_interval = snapshot_interval
+        self.dashboard = DashboardScreen(log_lines)
+        # Dialogs used again and again are built once (installed, so closing keeps them).
+        self.block_form = BlockForm()
+        self.help_screen = HelpScreen()
         self.sort = "age"
+        self.top_sort = "requests"
+        self.top_window = TOP_WINDOWS[0]
+        self.top_available: bool | None = None  # None until the server was asked
         self.history = MetricsHistory()
         self.snapshots = 0  # applied so far
+        self.last_snapshot: dict = {}
+        self.last_top: dict = {}  # the last `top` result
+        self.top_reply: dict | None = None  # the last `top` reply, result or error
+        self._behind = False  # data taken in and not drawn yet (a dialog covers the panels)
+        self._held: deque[tuple[int, str]] = deque(maxlen=log_lines)  # log lines, the same
+        self.connected = True
+        self.events_received = 0
+        self._dropped_seen = 0
         self._snapshot_busy = False
         self._snapshot_again = False
         self.echoes: Counter[str] = Counter()  # our commands whose operator_action is pending
         self._problem: str | None = None
-        self._filter_timer: Timer | None = None
         self.quitting = False
 
-    # --- layout -----------------------------------------------------------------------------
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
-                yield SessionsTable(SESSION_COLUMNS, id="sessions")
-                with Vertical(id="events"):
-                    yield FilterInput(placeholder="/ to filter the log", id="filter")
-                    yield EventLog(max_lines=LOG_LINES, id="log")
-            with Vertical(id="right"):
-                yield MetricsPanel(id="metrics")
-                yield KeyedTable(ROUTE_COLUMNS, id="routes")
-                yield KeyedTable(UPSTREAM_COLUMNS, id="upstreams")
-                yield KeyedTable(ACL_COLUMNS, id="acl")
-        yield Footer()
+    def get_default_screen(self) -> Screen:
+        return self.dashboard
 
+    # --- the panels -------------------------------------------------------------------------
     @property
     def sessions(self) -> SessionsTable:
-        return self.query_one("#sessions", SessionsTable)
+        return self.dashboard.query_one("#sessions", SessionsTable)
+
+    @property
+    def top_clients(self) -> TopTable:
+        return self.dashboard.query_one("#top", TopTable)
 
     @property
     def routes(self) -> KeyedTable:
-        return self.query_one("#routes", KeyedTable)
+        return self.dashboard.query_one("#routes", KeyedTable)
 
     @property
     def upstreams(self) -> KeyedTable:
-        return self.query_one("#upstreams", KeyedTable)
+        return self.dashboard.query_one("#upstreams", KeyedTable)
 
     @property
     def acl(self) -> KeyedTable:
-        return self.query_one("#acl", KeyedTable)
+        return self.dashboard.query_one("#acl", KeyedTable)
 
     @property
     def event_log(self) -> EventLog:
-        return self.query_one("#log", EventLog)
+        return self.dashboard.query_one("#log", EventLog)
 
-    async def on_mount(self) -> None:
-        self.sub_title = f"{self.link.mode} · {self.link.target}"
-        self.sessions.border_title = "Sessions"
-        self.query_one("#events").border_title = "Events"
-        self.query_one("#metrics").border_title = "Metrics"
-        self.routes.border_title = "Routes"
-        self.upstreams.border_title = "Upstreams"
-        self.acl.border_title = "ACL"
+    @property
+    def events_panel(self) -> EventsPanel:
+        return self.dashboard.query_one("#events-panel", EventsPanel)
+
+    def _panel(self, name: str) -> Panel:
+        return self.dashboard.panel(name)
+
+    async def on_dashboard_screen_ready(self) -> None:
+        self.install_screen(self.block_form, "block-form")
+        self.install_screen(self.help_screen, "help")
+        self._show_identity()
         try:
             await self.link.open()
         except LinkError as exc:
@@ -155,30 +178,53 @@ class ConsoleApp(App[None]):
             return
         # The timers belong to the screen whose widgets they fill, so they stop when it goes:
         # timers of the app itself would still fire while it tears its screens down.
-        self.screen.set_interval(EVENT_INTERVAL, self.drain_events)
-        self.screen.set_interval(self.snapshot_interval, self.request_snapshot)
+        self.dashboard.set_interval(EVENT_INTERVAL, self.drain_events)
+        self.dashboard.set_interval(self.snapshot_interval, self.request_snapshot)
         self.request_snapshot()
-        self.sessions.focus()
+
+    def _show_identity(self, listeners: Iterable[str] = ()) -> None:
+        listening = " ".join(listeners)
+        self.title = f"eXpServer {listening}" if listening else "eXpServer"
+        where = f"{self.link.mode} {self.link.target}"
+        self.sub_title = where if self.connected else f"DISCONNECTED · retrying {where}"
 
     # --- events -----------------------------------------------------------------------------
     def drain_events(self) -> None:
         """Move a bounded batch of queued events (and log records) into the log."""
-        entries = []
+        entries: list[tuple[int, str]] = []
+        dropped = self.link.dropped
+        if dropped > self._dropped_seen:
+            # The gap is before what is queued now: the link drops its oldest events.
+            entries.append((MARKER, dropped_line(dropped - self._dropped_seen)))
+        self._dropped_seen = dropped  # a new server (reattached) counts from 0 again
         if self.logs is not None:
-            entries += [event_line(record) for record in self.logs.take(EVENTS_PER_TICK)]
+            for record in self.logs.take(EVENTS_PER_TICK):
+                entries.append((event_kinds(record), event_line(record)))
         refresh = False
-        for event in self.link.take_events(EVENTS_PER_TICK):
+        events = self.link.take_events(EVENTS_PER_TICK)
+        self.events_received += len(events)
+        for event in events:
             kind = event.get("kind")
             if kind in REFRESHING_EVENTS:
                 refresh = True
                 if kind == "operator_action" and self._is_echo(event):
                     continue  # our own command: its reply is in the log already
             elif kind == "link_closed":
-                self.notify(str(event.get("message")), title="link lost", severity="error")
-            entries.append(event_line(event))
-        if entries:
-            with self.batch_update():
-                self.event_log.add(entries)
+                self.set_connected(False, str(event.get("message")))
+            elif kind == "link_restored":
+                self.set_connected(True, str(event.get("message")))
+            entries.append((event_kinds(event), event_line(event)))
+        if self.covered:
+            self._held.extend(entries)
+        else:
+            if self._held:
+                entries = [*self._held, *entries]
+                self._held.clear()
+            if self._behind:
+                self.show_panels()
+            if entries:
+                with self.batch_update():
+                    self.event_log.add(entries)
         if refresh:
             self.request_snapshot(fresh=True)
 
@@ -198,10 +244,28 @@ class ConsoleApp(App[None]):
         if self.echoes[key] <= 0:
             del self.echoes[key]
 
+    def set_connected(self, connected: bool, message: str) -> None:
+        """The link went down (grey the panels, say so) or came back (refresh them all)."""
+        if connected == self.connected:
+            return
+        self.connected = connected
+        self._show_identity(self.last_snapshot.get("listeners") or ())
+        if connected:
+            self.top_available = None  # perhaps another server: ask it
+            self.dashboard.set_stale(None)
+            self.say(f"Reconnected to {self.link.target}", severity="information")
+            self.request_snapshot(fresh=True)
+        else:
+            self.dashboard.set_stale(
+                f"Disconnected from {self.link.target}: {message}. Retrying; the panels show "
+                "the last data received."
+            )
+            self.say("Disconnected from the server: retrying", severity="error")
+
     # --- snapshots --------------------------------------------------------------------------
     def request_snapshot(self, fresh: bool = False) -> None:
         """Ask for a snapshot unless one is in flight (then, if `fresh`, one more after it)."""
-        if self.quitting:
+        if self.quitting or not self.connected:
             return
         if self._snapshot_busy:
             self._snapshot_again = self._snapshot_again or fresh
@@ -217,6 +281,11 @@ class ConsoleApp(App[None]):
                     reply = await self.link.command(
                         "snapshot", limit=self.session_limit, sort=self.sort
                     )
+                    top = None
+                    if self.top_available is not False:
+                        top = await self.link.command(
+                            "top", window=self.top_window, limit=TOP_ROWS, sort=self.top_sort
+                        )
                 except LinkError as exc:
                     self._report_problem(str(exc))
                     return
@@ -224,7 +293,7 @@ class ConsoleApp(App[None]):
                     self._report_problem(f"snapshot failed: {reply.get('error')}")
                     return
                 try:
-                    self.apply_snapshot(reply["result"])
+                    self.apply_snapshot(reply["result"], top)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     # A snapshot this console does not understand: say so, keep running.
                     self._report_problem(f"unreadable snapshot: {exc!r}")
@@ -236,45 +305,118 @@ class ConsoleApp(App[None]):
 
     def _report_problem(self, problem: str) -> None:
         """Say once (not on every snapshot) that the panels cannot be refreshed."""
-        if self.quitting or problem == self._problem:
+        if self.quitting or problem == self._problem or not self.connected:
             return
         self._problem = problem
-        self.sessions.border_subtitle = problem
-        self.event_log.add([event_line({"kind": "link_closed", "message": problem})])
+        self._panel("sessions").border_subtitle = escape(problem)
+        self.event_log.add(
+            [
+                (
+                    event_kinds({"kind": "link_closed"}),
+                    event_line({"kind": "link_closed", "message": problem}),
+                )
+            ]
+        )
 
-    def apply_snapshot(self, snap: dict) -> None:
+    @property
+    def covered(self) -> bool:
+        """A dialog is over the dashboard: the panels behind it wait until it closes (drawing
+        them under a dialog costs the most, and it is the dialog the operator reads)."""
+        return self.screen is not self.dashboard
+
+    def apply_snapshot(self, snap: dict, top: dict | None = None) -> None:
+        """Take in a snapshot (and the `top` reply fetched with it); show them unless a dialog
+        covers the panels, in which case the next event drain after it closes does."""
         self.snapshots += 1
+        self.last_snapshot = snap
+        self.history.add(snap.get("time") or time.time(), snap.get("metrics") or {})
+        if top is not None:
+            self._take_top(top)
+        self._behind = True
+        if not self.covered:
+            self.show_panels()
+
+    def _take_top(self, reply: dict) -> None:
+        self.top_reply = reply
+        if reply.get("ok"):
+            self.top_available = True
+            self.last_top = reply["result"]
+        elif "unknown command" in str(reply.get("error")):
+            self.top_available = False  # an older server: stop asking
+
+    def show_panels(self) -> None:
+        """Draw the last snapshot and top clients taken in."""
+        self._behind = False
+        snap = self.last_snapshot
         if self._problem is not None:
             self._problem = None
-            self.sessions.border_subtitle = ""
+            self._panel("sessions").border_subtitle = ""
         sessions = snap.get("sessions") or {}
         rows = sessions.get("rows") or []
         routes = snap.get("routes") or []
         now = snap.get("time") or time.time()
         with self.batch_update():
+            self._show_identity(snap.get("listeners") or ())
             self.sessions.sync(session_rows(rows))
-            title = (
-                f"Sessions · {len(rows)} of {sessions.get('total', len(rows))}"
-                f" · {SORT_NAMES[self.sort]}"
-            )
-            if self.sessions.border_title != title:
-                self.sessions.border_title = title
+            self._title_sessions(len(rows), sessions.get("total", len(rows)))
             self.routes.sync(route_rows(routes))
-            self.upstreams.sync(upstream_rows(snap.get("upstreams") or []))
+            self.dashboard.query_one(UpstreamsPanel).show(snap.get("upstreams") or [], now)
             self.acl.sync(acl_rows(snap.get("acl") or {}, routes, now))
             metrics = snap.get("metrics") or {}
-            self.history.add(now, metrics)
-            self.query_one(MetricsPanel).show(self.history, self._summary(snap, metrics))
+            self.dashboard.query_one(MetricsPanel).show(self.history, self._summary(snap, metrics))
+            if self.top_reply is not None:
+                self._show_top(self.top_reply)
+
+    def _title_sessions(self, listed: int, total: int) -> None:
+        table = self.sessions
+        shown = f"{table.shown_count} found in " if table.terms else ""
+        title = f"Sessions · {shown}{listed} of {total:,} · {SORT_NAMES[self.sort]}"
+        panel = self._panel("sessions")
+        if panel.border_title != title:
+            panel.border_title = title
+
+    def _show_top(self, reply: dict) -> None:
+        """The `top` command's reply: the top clients table, or why there is none."""
+        panel = self._panel("top")
+        if not reply.get("ok"):
+            error = str(reply.get("error"))
+            if "unknown command" in error:
+                error = "this server does not count top clients"
+            panel.border_subtitle = escape(error)
+            return
+        result = reply["result"]
+        if not result.get("enabled", True):
+            self.top_clients.sync([])
+            panel.border_subtitle = 'off: "top_clients" is 0 in the config'
+            return
+        self.top_clients.sync(top_rows(result.get("clients") or []))
+        panel.border_title = (
+            f"Top clients · last {result.get('window', self.top_window)} s"
+            f" · by {self.top_sort} · {result.get('tracked', 0):,} tracked"
+        )
+        panel.border_subtitle = ""
 
     def _summary(self, snap: dict, metrics: dict) -> str:
-        events = snap.get("events") or {}
+        requests = metrics.get("req_total")
+        requests_text = f"{requests:,}" if isinstance(requests, int) else "-"
         return (
             f"{snap.get('server_name', '')} pid {snap.get('pid', '?')}\n"
-            f"connections {metrics.get('conn_current', '-')}"
-            f"  requests {metrics.get('req_total', '-')}\n"
-            f"events {events.get('published', 0)}"
-            f"  dropped {events.get('dropped', 0)} server / {self.link.dropped} console"
+            f"connections {metrics.get('conn_current', '-')}  requests {requests_text}\n"
+            f"events {self.events_received:,} received · {self._dropped_seen:,} dropped"
         )
+
+    def on_keyed_table_sort_changed(self, event: KeyedTable.SortChanged) -> None:
+        """A header click on sessions or top clients also asks the server for that order, so
+        the rows it sends (it sends the first N) are the ones that sort first."""
+        column = event.column
+        if isinstance(event.table, SessionsTable):
+            wanted = "bytes" if column in ("bytes_in", "bytes_out") else "age"
+            if column is not None and wanted != self.sort:
+                self.sort = wanted
+                self.request_snapshot(fresh=True)
+        elif isinstance(event.table, TopTable) and column in TOP_SORT_BY_COLUMN:
+            self.top_sort = TOP_SORT_BY_COLUMN[column]
+            self.request_snapshot(fresh=True)
 
     # --- commands ---------------------------------------------------------------------------
     def run_command(self, name: str, **args: Any) -> None:
@@ -290,29 +432,102 @@ class ConsoleApp(App[None]):
         except LinkError as exc:
             if echo is not None:
                 self._forget_echo(echo)
-            reply = {"ok": False, "error": str(exc)}
-        ok = bool(reply.get("ok"))
-        detail = summarize(reply.get("result")) if ok else str(reply.get("error"))
-        self.notify(
-            f"{name} {format_args(args)}\n{detail}".strip(),
-            title="done" if ok else "failed",
-            severity="information" if ok else "error",
-        )
-        line = {"kind": "command", "ts": time.time(), "command": name, "args": args, "ok": ok}
-        self.event_log.add([event_line({**line, "result": detail})])
+            reply = {"ok": False, "error": f"not sent: {exc}"}
+        message, severity = describe_reply(name, args, reply)
+        self.say(message, severity)
+        line = {
+            "kind": "command",
+            "ts": time.time(),
+            "command": name,
+            "args": args,
+            "ok": bool(reply.get("ok")),
+            "result": message,
+        }
+        self.event_log.add([(event_kinds(line), event_line(line))])
         self.request_snapshot(fresh=True)
         return reply
+
+    async def fetch_session(self, session_id: int) -> dict:
+        """The `session` command's reply (the detail view polls it)."""
+        try:
+            return await self.link.command("session", id=session_id)
+        except LinkError as exc:
+            return {"ok": False, "error": f"not connected: {exc}"}
+
+    def say(self, message: str, severity: str = "information") -> None:
+        """A toast; never markup: it carries addresses, paths and the server's words."""
+        self.notify(message, severity=severity, markup=False)  # type: ignore[arg-type]
+
+    def confirm(self, question: str, verb: str, then: Callable[[], None]) -> None:
+        """Ask `question`; run `then` only on yes. The keys come back where they were."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        self.push_screen(ConfirmScreen(question, verb), answered)
 
     def _need(self, table: KeyedTable, what: str) -> dict | None:
         row = table.selected()
         if row is None:
-            self.notify(f"no {what} selected", severity="warning")
+            lost = " (the one selected went away; move the cursor)" if table.lost else ""
+            self.say(f"No {what} selected{lost}", severity="warning")
         return row
 
-    def action_block_ip(self) -> None:
-        row = self._need(self.sessions, "session")
+    def _client_table(self) -> KeyedTable:
+        """Top clients or sessions: the focused one, else the one used last."""
+        focused = self.focused
+        if isinstance(focused, TopTable | SessionsTable):
+            return focused
+        return self.top_clients if self.dashboard.client_panel == "top" else self.sessions
+
+    def blocked_globally(self, target: str) -> dict | None:
+        for block in (self.last_snapshot.get("acl") or {}).get("blocks") or []:
+            if block.get("route") is None and short_cidr(block["cidr"]) == target:
+                return block
+        return None
+
+    # --- blocking -----------------------------------------------------------------------------
+    def action_block_client(self) -> None:
+        row = self._need(self._client_table(), "client")
         if row is not None:
-            self.run_command("block", cidr=row["ip"])
+            self.ask_block(row["ip"])
+
+    def ask_block(
+        self,
+        target: str,
+        route: str | None = None,
+        seconds: float | None = None,
+        again: bool = False,
+    ) -> None:
+        """Confirm, then block `target` (an address or CIDR) globally or on `route`."""
+        if route is None and seconds is None and not again and self.blocked_globally(target):
+            self.say(f"{target} is already blocked (B changes how long)", severity="warning")
+            return
+        args: dict[str, Any] = {"cidr": target}
+        if route is not None:
+            args["route"] = route
+        if seconds is not None:
+            args["seconds"] = int(seconds) if float(seconds).is_integer() else seconds
+        open_count = 0
+        if route is None:
+            sessions = (self.last_snapshot.get("sessions") or {}).get("rows") or []
+            open_count = open_connections(target, self.last_top.get("clients") or [], sessions)
+        self.confirm(
+            block_question(target, route, seconds, open_count),
+            "Block",
+            lambda: self.run_command("block", **args),
+        )
+
+    def action_block_form(self) -> None:
+        routes = [route["key"] for route in self.last_snapshot.get("routes") or []]
+
+        def submitted(request: BlockRequest | None) -> None:
+            if request is not None:
+                self.ask_block(request.target, request.route, request.seconds, again=True)
+
+        self.block_form.prepare(routes)
+        self.push_screen(self.block_form, submitted)
 
     def action_unblock(self) -> None:
         if self.focused is self.acl:
@@ -320,16 +535,33 @@ class ConsoleApp(App[None]):
             if entry is None:
                 return
             if entry["kind"] != "block":
-                self.notify("route allow/deny lists come from the config file", severity="warning")
+                self.say("Route allow/deny lists come from the config file", severity="warning")
                 return
             args = {"cidr": entry["cidr"]}
             if entry["route"]:
                 args["route"] = entry["route"]
             self.run_command("unblock", **args)
             return
-        row = self._need(self.sessions, "session (or block in the ACL panel)")
+        row = self._need(self._client_table(), "client (or block in the ACL panel)")
         if row is not None:
             self.run_command("unblock", cidr=row["ip"])
+
+    # --- sessions, routes, upstreams ----------------------------------------------------------
+    def action_kill_session(self) -> None:
+        row = self._need(self.sessions, "session")
+        if row is not None:
+            self.ask_kill(row)
+
+    def ask_kill(self, row: dict) -> None:
+        session_id = row["id"]
+        self.confirm(
+            kill_question(row), "Kill", lambda: self.run_command("kill", session=session_id)
+        )
+
+    def action_session_details(self) -> None:
+        row = self._need(self.sessions, "session")
+        if row is not None:
+            self.push_screen(SessionScreen(row["id"], self.fetch_session))
 
     def action_toggle_gzip(self) -> None:
         route = self._need(self.routes, "route")
@@ -339,59 +571,114 @@ class ConsoleApp(App[None]):
             # the first instead of undoing it behind the operator's back.
             self.run_command("gzip", route=route["key"], enabled=not route.get("gzip"))
 
-    def action_kill_session(self) -> None:
-        row = self._need(self.sessions, "session")
-        if row is not None:
-            self.run_command("kill", session=row["id"])
-
     def action_toggle_upstream(self) -> None:
         upstream = self._need(self.upstreams, "upstream")
         if upstream is not None:
-            name = "enable" if upstream.get("state") == "draining" else "drain"
-            self.run_command(name, upstream=upstream["addr"])
+            self.ask_toggle_upstream(upstream)
+
+    def ask_toggle_upstream(self, upstream: dict) -> None:
+        """Enable a draining upstream; drain any other, asking first if a route has no other
+        upstream up (its requests would fail)."""
+        addr = upstream["addr"]
+        if upstream.get("state") == "draining":
+            self.run_command("enable", upstream=addr)
+            return
+        stranded = last_upstream_routes(
+            addr, self.last_snapshot.get("routes") or [], self.last_snapshot.get("upstreams") or []
+        )
+        if stranded:
+            self.confirm(
+                drain_question(addr, stranded),
+                "Drain",
+                lambda: self.run_command("drain", upstream=addr),
+            )
+        else:
+            self.run_command("drain", upstream=addr)
 
     def action_reload(self) -> None:
         self.run_command("reload")
 
     def action_cycle_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
-        self.notify(f"sessions {SORT_NAMES[self.sort]}")
+        self.say(f"Sessions {SORT_NAMES[self.sort]}")
         self.request_snapshot(fresh=True)
 
-    # --- filter, help, quit -----------------------------------------------------------------
-    def action_filter(self) -> None:
-        self.query_one("#filter", FilterInput).focus()
+    def action_cycle_top_sort(self) -> None:
+        self.set_top(sort=TOP_SORTS[(TOP_SORTS.index(self.top_sort) + 1) % len(TOP_SORTS)])
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        value = event.value
-        self._filter_timer = self.set_timer(FILTER_DELAY, lambda: self.apply_filter(value))
+    def action_toggle_top_window(self) -> None:
+        self.set_top(window=TOP_WINDOWS[(TOP_WINDOWS.index(self.top_window) + 1) % 2])
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        self.apply_filter(event.value)
-        self.sessions.focus()
+    def set_top(self, sort: str | None = None, window: int | None = None) -> None:
+        self.top_sort = sort or self.top_sort
+        self.top_window = window or self.top_window
+        self.say(f"Top clients by {self.top_sort}, over the last {self.top_window} s")
+        self.request_snapshot(fresh=True)
 
-    def apply_filter(self, query: str) -> None:
-        self.event_log.set_filter(query)
-        terms = " ".join(self.event_log.terms)
-        self.query_one("#events").border_subtitle = f"filter: {terms}" if terms else ""
+    # --- the log, panels, help, quit ----------------------------------------------------------
+    def action_filter_log(self) -> None:
+        before = self.focused
+        if self.dashboard.narrow:
+            self.dashboard.show_panel("events", focus=False)
+        self.events_panel.start_filter(before)
+
+    def action_pause_log(self) -> None:
+        self.event_log.toggle_pause()
+
+    def action_log_kind(self) -> None:
+        self._said_kind(self.events_panel.cycle_kind())
+
+    def set_log_kind(self, kind: str | None) -> None:
+        self.event_log.set_kind(kind)
+        self._said_kind(kind)
+
+    def _said_kind(self, kind: str | None) -> None:
+        self.say(f"Log: {'every kind' if kind is None else 'only ' + kind}")
+
+    def action_zoom(self) -> None:
+        self.dashboard.toggle_zoom()
+
+    def action_show_panel(self, name: str) -> None:
+        self.dashboard.show_panel(name)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(self.help_screen)
+
+    def action_screenshot(self) -> None:
+        """Save an SVG of the screen: in the downloads folder if there is one, else here."""
+        downloads = user_downloads_path()
+        folder = downloads if downloads.is_dir() else Path.cwd()
+        name = time.strftime("xps-console-%Y%m%d-%H%M%S.svg")
+        try:
+            path = self.save_screenshot(filename=name, path=str(folder))
+        except OSError as exc:
+            self.say(f"Screenshot not saved: {exc}", severity="error")
+            return
+        self.say(f"Screenshot saved to {path}")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for command in super().get_system_commands(screen):
+            if command.title == "Screenshot":
+                # Textual's saves to a downloads folder that a server often does not have; ours
+                # falls back to the working directory. After a moment: without the palette.
+                yield SystemCommand(
+                    "Screenshot",
+                    "Save an SVG 'screenshot' of the dashboard",
+                    lambda: self.dashboard.set_timer(0.1, self.action_screenshot),
+                )
+            else:
+                yield command
 
     async def action_quit(self) -> None:
         if self.quitting:
             return
         self.quitting = True
         embedded = self.link.mode == "embedded"
-        self.notify(
-            "stopping the server: in-flight responses finish first"
+        self.say(
+            "Stopping the server: in-flight responses finish first"
             if embedded
-            else "detaching; the server keeps running"
+            else "Detaching; the server keeps running"
         )
         self.run_worker(self._quit(), group="quit", exit_on_error=False)
 
@@ -400,3 +687,101 @@ class ConsoleApp(App[None]):
             await self.link.close()
         finally:
             self.exit()
+
+    # --- the palette --------------------------------------------------------------------------
+    def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        """Every command by name, for the command palette: (title, help, what it does)."""
+        snap = self.last_snapshot
+        commands: list[tuple[str, str, Callable[[], Any]]] = [
+            (
+                "Block the selected client",
+                "b: globally, after a confirmation",
+                self.action_block_client,
+            ),
+            (
+                "Block an address or network…",
+                "B: address or CIDR, scope, duration",
+                self.action_block_form,
+            ),
+            ("Reload the configuration", "r: re-read the config file", self.action_reload),
+            ("Filter the log…", "/: words that must all appear", self.action_filter_log),
+            ("Pause or follow the log", "p", self.action_pause_log),
+            ("Zoom the focused panel", "z: the whole screen, and back", self.action_zoom),
+            (
+                "Sessions: change the order",
+                "s: oldest first or busiest first",
+                self.action_cycle_sort,
+            ),
+            (
+                "Top clients: change the order",
+                "requests, bytes, errors",
+                self.action_cycle_top_sort,
+            ),
+            ("Top clients: 10 s or 60 s window", "w", self.action_toggle_top_window),
+            ("Help", "?: every key", self.action_help),
+        ]
+        for kind in (None, *KINDS):
+            name = "every kind" if kind is None else f"only {kind}"
+            commands.append((f"Log: {name}", "e cycles", lambda k=kind: self.set_log_kind(k)))
+        for name, title in PANELS.items():
+            commands.append(
+                (
+                    f"Show {title}",
+                    "the panel, with the keys",
+                    lambda n=name: self.action_show_panel(n),
+                )
+            )
+        for client in (self.last_top.get("clients") or [])[:20]:
+            ip = client["ip"]
+            commands.append(
+                (
+                    f"Block {ip}",
+                    f"top client: {client.get('requests', 0):,} requests",
+                    lambda ip=ip: self.ask_block(ip),
+                )
+            )
+        for block in (snap.get("acl") or {}).get("blocks") or []:
+            args = {"cidr": block["cidr"]} | (
+                {"route": block["route"]} if block.get("route") else {}
+            )
+            where = f" on route {block['route']}" if block.get("route") else ""
+            commands.append(
+                (
+                    f"Unblock {short_cidr(block['cidr'])}{where}",
+                    "lift the block",
+                    lambda a=args: self.run_command("unblock", **a),
+                )
+            )
+        for row in ((snap.get("sessions") or {}).get("rows") or [])[:50]:
+            label = f"#{row['id']} {row.get('client', '')}"
+            commands.append(
+                (f"Kill session {label}", "after a confirmation", lambda r=row: self.ask_kill(r))
+            )
+            commands.append(
+                (
+                    f"Details of session {label}",
+                    "Enter on a session",
+                    lambda i=row["id"]: self.push_screen(SessionScreen(i, self.fetch_session)),
+                )
+            )
+        for route in snap.get("routes") or []:
+            state = "off" if route.get("gzip") else "on"
+            commands.append(
+                (
+                    f"gzip {state} for route {route['key']}",
+                    "g on a route",
+                    lambda r=route: self.run_command(
+                        "gzip", route=r["key"], enabled=not r.get("gzip")
+                    ),
+                )
+            )
+        for upstream in snap.get("upstreams") or []:
+            verb = "Enable" if upstream.get("state") == "draining" else "Drain"
+            commands.append(
+                (
+                    f"{verb} upstream {upstream['addr']}",
+                    "d on an upstream",
+                    lambda u=upstream: self.ask_toggle_upstream(u),
+                )
+            )
+        return commands

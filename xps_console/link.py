@@ -7,6 +7,8 @@
   `Subscription` of the core's bus, which the UI drains on a timer.
 - `AttachedLink` speaks JSON lines to a headless server's control socket: commands carry an
   `id` that the reply echoes, and event lines are queued (unparsed) until the UI takes them.
+  When the server goes away it queues a `link_closed` event and reconnects by itself, with
+  backoff (at once when the socket file is created again), then queues `link_restored`.
 
 Both queue at most `EVENT_QUEUE` events; past that the oldest go and `dropped` counts them,
 so a flood of traffic costs the console a bounded amount of memory and never slows the server.
@@ -19,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -37,6 +40,9 @@ EVENT_QUEUE = 5_000  # events waiting for the UI; the UI shows a few thousand a 
 COMMAND_TIMEOUT = 10.0  # seconds a command may take before the link gives up on it
 SUBSCRIBE_MAX_RATE = 2000  # events/s an attached console asks the server for
 READ_SIZE = 1 << 16
+RETRY_FIRST = 0.25  # seconds before the first reconnection attempt; doubled after each failure
+RETRY_MAX = 2.0
+RETRY_POLL = 0.1  # how often a waiting reconnection looks for a new socket file
 MAX_LINE = 1 << 26  # a control-socket line longer than this means the peer is not our server
 EVENT_PREFIX = b'{"event": '  # how the control socket starts an event line (json.dumps style)
 
@@ -68,6 +74,11 @@ class Link(ABC):
     @abstractmethod
     def dropped(self) -> int:
         """Events lost on the way (the server's bus and this side's queue together)."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether commands can reach the server now."""
+        return True
 
     @abstractmethod
     async def close(self) -> None:
@@ -116,6 +127,10 @@ class EmbeddedLink(Link):
     @property
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def connected(self) -> bool:
+        return self.running
 
     async def open(self) -> None:
         if self.thread is None:
@@ -170,7 +185,7 @@ class EmbeddedLink(Link):
 
 # --- attached -------------------------------------------------------------------------------
 class AttachedLink(Link):
-    """A headless server's control socket (JSON lines)."""
+    """A headless server's control socket (JSON lines), reconnected when the server returns."""
 
     mode = "attached"
 
@@ -181,25 +196,86 @@ class AttachedLink(Link):
         self._events: deque[bytes | dict] = deque(maxlen=queue)
         self._pending: dict[int, asyncio.Future[dict]] = {}
         self._ids = itertools.count(1)
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # reads the current connection
+        self._supervisor: asyncio.Task | None = None  # reconnects when it ends
         self._closing = False
-        self.closed_reason: str | None = None
+        self._established = False  # subscribed: its end is news (a failed attempt is not)
+        self.closed_reason: str | None = "not attached"
+        self.reconnects = 0
         self.server_dropped = 0
         self.local_dropped = 0
 
     async def open(self) -> None:
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(), name="xps-attached-link")
+
+    async def _connect(self) -> None:
+        """Connect and subscribe; raises LinkError (leaving nothing open) if either fails."""
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.target)
+            reader, writer = await asyncio.open_unix_connection(self.target)
         except OSError as exc:
             raise LinkError(f"cannot attach to {self.target}: {exc.strerror or exc}") from None
-        self._task = asyncio.create_task(self._read(self._reader), name="xps-attached-reader")
+        self._writer = writer
+        self.closed_reason = None
+        self._task = asyncio.create_task(self._read(reader), name="xps-attached-reader")
         # The dashboard shows a few hundred events a second at most: no need to make the
         # server serialise more than this for us.
-        reply = await self.command("subscribe", max_rate=SUBSCRIBE_MAX_RATE)
-        if not reply.get("ok"):
-            raise LinkError(f"{self.target} refused to stream events: {reply.get('error')}")
+        try:
+            reply = await self.command("subscribe", max_rate=SUBSCRIBE_MAX_RATE)
+            if not reply.get("ok"):
+                raise LinkError(f"{self.target} refused to stream events: {reply.get('error')}")
+        except LinkError:
+            await self._drop_connection()
+            raise
+        self._established = True
+
+    async def _supervise(self) -> None:
+        """Wait for the connection to end; reconnect, again and again, until closed."""
+        while not self._closing:
+            task = self._task
+            if task is not None:
+                await asyncio.wait([task])  # the reader ends with the connection, never raises
+            await self._drop_connection()
+            if self._closing:
+                return
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = RETRY_FIRST
+        seen = _socket_identity(self.target)
+        while not self._closing:
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not self._closing:
+                await asyncio.sleep(RETRY_POLL)
+                now = _socket_identity(self.target)
+                if now is not None and now != seen:
+                    break  # a server bound the socket again: try now, not after the delay
+            seen = _socket_identity(self.target)
+            if self._closing:
+                return
+            try:
+                await self._connect()
+            except LinkError:
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            self.reconnects += 1
+            self._note("link_restored", f"reattached to {self.target}")
+            return
+
+    async def _drop_connection(self) -> None:
+        writer, self._writer = self._writer, None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    @property
+    def connected(self) -> bool:
+        return self.closed_reason is None and self._writer is not None
 
     async def command(self, name: str, **args: Any) -> dict:
         writer = self._writer
@@ -238,13 +314,9 @@ class AttachedLink(Link):
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-        writer = self._writer
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self._drop_connection()
         self._fail_pending("detached")
 
     # --- reading ------------------------------------------------------------------------------
@@ -272,8 +344,11 @@ class AttachedLink(Link):
             reason = f"control socket error: {exc}"
         if not self._closing:
             self.closed_reason = reason
-            self._note("link_closed", reason)
             self._fail_pending(reason)
+            if self._established:
+                self._established = False
+                self.server_dropped = 0  # the next server counts its own
+                self._note("link_closed", f"{reason}; reconnecting")
 
     def _on_line(self, line: bytes) -> None:
         if line.startswith(EVENT_PREFIX):
@@ -312,3 +387,12 @@ class AttachedLink(Link):
             if not future.done():
                 future.set_exception(LinkError(reason))
         self._pending.clear()
+
+
+def _socket_identity(path: str) -> tuple[int, int] | None:
+    """What tells a socket file bound again from the old one: its inode and change time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
