@@ -257,6 +257,7 @@ def test_the_last_upstream_up_of_a_route():
 def test_numbers_keep_their_units_and_lines_their_kinds():
     assert latency({"p50_ms": 0.4, "p95_ms": 2.5, "p99_ms": 1250.0}) == "0.4/2.5/1250 ms"
     assert latency({"p50_ms": None, "p95_ms": None, "p99_ms": None}) == "-"
+    assert latency({"p50_ms": 0.011, "p95_ms": 0.04, "p99_ms": None}) == "0.011/0.04/- ms"
     ok = {"kind": "request_finished", "status": 200}
     assert event_kinds(ok) == KIND_BITS["request"]
     assert event_kinds({**ok, "status": 502}) == KIND_BITS["request"] | KIND_BITS["error"]

@@ -294,13 +294,20 @@ _ACL_STYLES = {"block": "bold red", "deny": "red", "allow": "green"}
 
 
 def latency(row: dict) -> str:
-    """`p50/p95/p99` of a route or upstream in one cell: `0.4/2.5/11 ms`; `-` with none."""
+    """`p50/p95/p99` of a route or upstream in one cell: `0.04/2.5/11 ms` (two significant
+    figures under a millisecond, so a fast route never reads 0.0); `-` with none."""
     values = [row.get(key) for key in ("p50_ms", "p95_ms", "p99_ms")]
     if all(value is None for value in values):
         return "-"
-    return (
-        "/".join("-" if v is None else f"{v:.1f}" if v < 10 else f"{v:.0f}" for v in values) + " ms"
-    )
+    return "/".join(_milliseconds(v) for v in values) + " ms"
+
+
+def _milliseconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value:.2g}"
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _error_pct_cell(value: float | None) -> Text:
