@@ -17,7 +17,7 @@ from typing import Any
 import h11
 
 from xps_server.config import parse_config
-from xps_server.core.core import Core
+from xps_server.server.core import Core
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.backends import Backend
 from tests.helpers import Client, connect, free_port, read_until_close, wait_until
-from xps_server.control import CommandAPI
+from xps_server.server.control import CommandAPI
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from xps_console.screens.session_detail import SessionScreen
 from xps_console.widgets.event_log import FilterInput
 from xps_console.widgets.metrics import MetricsPanel
 from xps_console.widgets.tables import KeyedTable
-from xps_server.control import CommandAPI, ControlServer
+from xps_server.server.control import CommandAPI, ControlServer
 
 SIZE = (160, 50)
 SMALL = (80, 24)

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from tests.helpers import Client, free_port, server_config, wait_until
-from xps_server.control import CommandAPI, ControlServer
 from xps_server.core.loop import Loop
 from xps_server.events import EventBus, OperatorAction, RequestFinished
+from xps_server.server.control import CommandAPI, ControlServer
 
 
 class LineClient:

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests.helpers import Client, free_port, raw_exchange, status_of, wait_until, write_config
-from xps_server import accesslog
-from xps_server.accesslog import AccessLog
 from xps_server.core.loop import Loop
+from xps_server.server import accesslog
+from xps_server.server.accesslog import AccessLog
 
 SPEC_KEYS = [
     *("server_name", "pid", "workers", "uptime_msec"),

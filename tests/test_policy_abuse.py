@@ -33,9 +33,9 @@ from tests.helpers import (
     server_config,
     wait_until,
 )
-from xps_server.control import CommandAPI, ControlServer
 from xps_server.policy.acl import NetSet
 from xps_server.policy.blocklist import BlockList
+from xps_server.server.control import CommandAPI, ControlServer
 
 BATCH = 2000
 DEEP = 100_000

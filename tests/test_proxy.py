@@ -21,8 +21,8 @@ from tests.helpers import (
     wait_until,
 )
 from xps_server.config import parse_config
-from xps_server.control import CommandAPI
 from xps_server.network import upstream as upstream_module
+from xps_server.server.control import CommandAPI
 
 # Short enough to keep the suite fast, long enough never to fire by accident.
 FAST = {"upstream_connect": 0.3, "upstream_read": 0.4}

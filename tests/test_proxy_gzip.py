@@ -16,9 +16,9 @@ import pytest
 
 from tests.backends import Backend, BackendConn, Req, response
 from tests.helpers import Client, connect, slow_client, wait_until
-from xps_server.http import proxy as proxy_module
-from xps_server.http.proxy import ProxyStream
 from xps_server.network.connection import RECV_SIZE
+from xps_server.routes import proxy as proxy_module
+from xps_server.routes.proxy import ProxyStream
 
 TEXT = b"".join(b"%05d all work and no play makes jack a dull boy\n" % i for i in range(2000))
 GZ = {"Accept-Encoding": "gzip, deflate"}

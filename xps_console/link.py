@@ -29,10 +29,10 @@ from collections import deque
 from typing import Any
 
 from xps_server.config import load_config
-from xps_server.control import CommandAPI, ControlServer
-from xps_server.core.core import Core
 from xps_server.core.loop import tune_gc
 from xps_server.events import Subscription
+from xps_server.server.control import CommandAPI, ControlServer
+from xps_server.server.core import Core
 
 log = logging.getLogger("xps.console.link")
 

@@ -12,9 +12,9 @@ import signal
 import sys
 
 from xps_server.config import ConfigError, load_config
-from xps_server.control import CommandAPI, ControlServer
-from xps_server.core.core import Core
 from xps_server.core.loop import tune_gc
+from xps_server.server.control import CommandAPI, ControlServer
+from xps_server.server.core import Core
 
 log = logging.getLogger("xps.cli")
 

@@ -19,9 +19,9 @@ from xps_server.traffic import TrafficStats, prometheus_buckets
 
 if TYPE_CHECKING:
     from xps_server.config import Route
-    from xps_server.core.core import Core
-    from xps_server.core.session import Session
     from xps_server.http.parser import Request
+    from xps_server.server.core import Core
+    from xps_server.server.session import Session
 
 ROUTE_TYPES = ("file_serve", "reverse_proxy", "redirect", "metrics")
 

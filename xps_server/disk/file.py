@@ -28,8 +28,8 @@ from xps_server.http.response import http_date
 
 if TYPE_CHECKING:
     from xps_server.config import Route
-    from xps_server.core.session import Session
     from xps_server.http.parser import Request
+    from xps_server.server.session import Session
 
 SMALL_FILE_BYTES = 64 * 1024  # bodies up to this size are kept in memory
 CACHE_BODY_BYTES = 32 * 1024 * 1024  # bound on all cached bodies together

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xps_server.config import Route
-    from xps_server.core.session import Session
     from xps_server.disk.file import FileEntry
     from xps_server.http.parser import Request
+    from xps_server.server.session import Session
 
 MIN_LENGTH = 256  # smaller bodies gain nothing worth the header bytes and the CPU
 STREAM_CHUNK = 64 * 1024  # file bytes read and compressed per step of a stream

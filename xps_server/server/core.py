@@ -12,12 +12,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from xps_server.accesslog import AccessLog
-from xps_server.accounting import Accounting
 from xps_server.config import Config, ConfigError, Route, load_config
 from xps_server.core.loop import Loop
-from xps_server.core.runtime import Runtime, route_key
-from xps_server.core.session import Session
 from xps_server.disk.file import FileCache, serve_file
 from xps_server.disk.gzip import GzipCache
 from xps_server.events import (
@@ -28,13 +24,17 @@ from xps_server.events import (
     EventBus,
     RequestFinished,
 )
-from xps_server.http.proxy import serve_proxy
-from xps_server.http.redirect import serve_redirect
 from xps_server.http.response import Responder
 from xps_server.metrics import Stats, serve_metrics, snapshot
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
 from xps_server.network.upstream import UpstreamRegistry
+from xps_server.routes.proxy import serve_proxy
+from xps_server.routes.redirect import serve_redirect
+from xps_server.server.accesslog import AccessLog
+from xps_server.server.accounting import Accounting
+from xps_server.server.runtime import Runtime, route_key
+from xps_server.server.session import Session
 from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.core")

@@ -41,8 +41,8 @@ from xps_server.events import OperatorAction, Subscription
 from xps_server.network.connection import Connection
 
 if TYPE_CHECKING:
-    from xps_server.core.core import Core
-    from xps_server.core.session import Session
+    from xps_server.server.core import Core
+    from xps_server.server.session import Session
 
 log = logging.getLogger("xps.control")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xps_server.core.loop import Loop
-    from xps_server.core.session import Session
+    from xps_server.server.session import Session
 
 log = logging.getLogger("xps.access")
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from xps_server.core.state import save_state
+from xps_server.server.state import save_state
 
 if TYPE_CHECKING:
     from xps_server.core.loop import Loop

@@ -27,9 +27,9 @@ from xps_server.traffic import GENERATION_SECONDS, TrafficStats
 if TYPE_CHECKING:
     from xps_server.config import Config, Route
     from xps_server.core.loop import Loop
-    from xps_server.core.session import Session
     from xps_server.events import EventBus
     from xps_server.network.upstream import UpstreamRegistry
+    from xps_server.server.session import Session
 
 REPORT_SECONDS = 1.0  # how often sessions' counts reach the top-talker tracker
 REFUSAL_EVENT_INTERVAL = 1.0  # at most one connection_refused event per address per second

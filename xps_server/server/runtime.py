@@ -31,14 +31,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xps_server.core.state import load_state
-from xps_server.core.state_writer import Durable, StateWriter
 from xps_server.policy.acl import NetSet, build_access, compile_lists, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
+from xps_server.server.state import load_state
+from xps_server.server.state_writer import Durable, StateWriter
 
 if TYPE_CHECKING:
     from xps_server.config import Config, Route
-    from xps_server.core.core import Core
+    from xps_server.server.core import Core
 
 log = logging.getLogger("xps.runtime")
 

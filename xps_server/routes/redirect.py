@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xps_server.config import Route
-    from xps_server.core.session import Session
     from xps_server.http.parser import Request
+    from xps_server.server.session import Session
 
 
 def serve_redirect(session: Session, request: Request, route: Route, path: str) -> None:

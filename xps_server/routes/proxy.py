@@ -51,9 +51,9 @@ from xps_server.network.upstream import LocalConnectError
 
 if TYPE_CHECKING:
     from xps_server.config import Route
-    from xps_server.core.session import Session
     from xps_server.http.parser import Request
     from xps_server.network.upstream import UpstreamConnection, UpstreamState
+    from xps_server.server.session import Session
 
 # RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection.
 HOP_BY_HOP = frozenset(

@@ -27,9 +27,9 @@ from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, ParseError, Reques
 from xps_server.http.target import normalize_path
 
 if TYPE_CHECKING:
-    from xps_server.core.core import Core
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+    from xps_server.server.core import Core
     from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")

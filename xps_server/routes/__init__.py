@@ -1,0 +1,1 @@
+"""Route handlers: what each route type does with a request."""
