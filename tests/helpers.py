@@ -17,6 +17,7 @@ from typing import Any
 import h11
 
 from xps_server.config import parse_config
+from xps_server.routes import HANDLERS
 from xps_server.server.core import Core
 
 
@@ -61,7 +62,7 @@ class RunningServer:
 
     def __init__(self, config_data: dict, base_dir: Path) -> None:
         self.config = parse_config(config_data, str(base_dir))
-        self.core = Core(self.config)
+        self.core = Core(self.config, HANDLERS)
         self.core.start()
         first = self.config.servers[0].listeners[0]
         self.host = "127.0.0.1" if first.host in ("0.0.0.0", "localhost") else first.host

@@ -28,7 +28,8 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
-from xps_server.disk.file import FileCache, StaleEntry, parse_range
+from xps_server.disk.file import FileCache, StaleEntry
+from xps_server.routes.static import parse_range
 
 # --- symlink races -------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ import pytest
 
 from tests.backends import Backend, BackendConn, Req, response
 from tests.helpers import Client, connect, slow_client, wait_until
+from xps_server.network import output as output_module
 from xps_server.network.connection import RECV_SIZE
-from xps_server.routes import proxy as proxy_module
+from xps_server.network.output import BodyStream
 from xps_server.routes.proxy import ProxyStream
 
 TEXT = b"".join(b"%05d all work and no play makes jack a dull boy\n" % i for i in range(2000))
@@ -341,10 +342,10 @@ def test_compression_waits_for_a_slow_client(start_server):
 
         def held() -> int | None:
             stream = _stream(server)
-            if stream is None or stream.conn is None or stream.encoder is None:
+            if stream is None or stream.conn is None or stream.body is None:
                 return None
-            if stream.conn.read_paused and stream.session.conn.out.full():
-                return stream.encoder.bytes_in
+            if stream.conn.read_paused and stream.ctx.conn.out.full():
+                return stream.body.taken
             return None
 
         compressed = wait_until(lambda: server.call(held))
@@ -372,11 +373,11 @@ def _readable(sock: socket.socket) -> int:
 def test_a_fast_upstream_is_compressed_a_bounded_amount_per_loop_turn(start_server, monkeypatch):
     """However much the upstream has ready, one loop turn compresses a budget's worth (here
     one byte, so one read) and leaves the rest to the next turn: other clients get their turn."""
-    monkeypatch.setattr(proxy_module, "STREAM_TURN", 1)
+    monkeypatch.setattr(output_module, "STREAM_TURN", 1)
     per_turn: list[int] = []
-    real_turn = ProxyStream._gzip_turn
+    real_turn = BodyStream._next_turn
     monkeypatch.setattr(
-        ProxyStream, "_gzip_turn", lambda self: (per_turn.append(self.gz_turn), real_turn(self))
+        BodyStream, "_next_turn", lambda self: (per_turn.append(self._turn), real_turn(self))
     )
     data = TEXT * 20  # 2 MiB
     go = threading.Event()

@@ -31,6 +31,7 @@ from typing import Any
 from xps_server.config import load_config
 from xps_server.core.loop import tune_gc
 from xps_server.events import Subscription
+from xps_server.routes import HANDLERS
 from xps_server.server.control import CommandAPI, ControlServer
 from xps_server.server.core import Core
 
@@ -95,7 +96,7 @@ class EmbeddedLink(Link):
         self.config = load_config(config_path)  # ConfigError: the caller reports it
         self.target = self.config.path
         self.grace = grace
-        self.core = Core(self.config)
+        self.core = Core(self.config, HANDLERS)
         self.api = CommandAPI(self.core)
         self.control: ControlServer | None = None
         self.subscription: Subscription | None = None

@@ -13,6 +13,7 @@ import sys
 
 from xps_server.config import ConfigError, load_config
 from xps_server.core.loop import tune_gc
+from xps_server.routes import HANDLERS
 from xps_server.server.control import CommandAPI, ControlServer
 from xps_server.server.core import Core
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"xps-server: {args.config} is valid")
         return 0
-    core = Core(config)
+    core = Core(config, HANDLERS)
     try:
         core.start()
         control = (

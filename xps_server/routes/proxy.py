@@ -35,25 +35,20 @@ from typing import TYPE_CHECKING
 
 from xps_server.core.throttle import LogThrottle
 from xps_server.disk.gzip import MIN_LENGTH as GZIP_MIN_LENGTH
-from xps_server.disk.gzip import (
-    STREAM_TURN,
-    GzipEncoder,
-    accepts_gzip,
-    chunk,
-    compressible,
-    gzip_etag,
-)
+from xps_server.disk.gzip import accepts_gzip, compressible, gzip_etag
 from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, Data, ParseError
-from xps_server.http.response import CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE
-from xps_server.http.response_parser import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Response
+from xps_server.http.response_parser import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE
+from xps_server.http.response_parser import Response as UpstreamResponse
+from xps_server.http.writer import LAST_CHUNK, RelayedResponse, Response, chunk
 from xps_server.network.upstream import LocalConnectError
 
 if TYPE_CHECKING:
     from xps_server.config import Route
     from xps_server.http.parser import Request
+    from xps_server.network.output import BodyStream
     from xps_server.network.upstream import UpstreamConnection, UpstreamState
-    from xps_server.server.session import Session
+    from xps_server.routes.base import RouteContext
 
 # RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -78,10 +73,6 @@ _CONNECT_LOG = LogThrottle()  # connects failing here: one line per interval
 
 # Requests that may be sent twice (RFC 9110 §9.2.2): a dead pooled connection is retried.
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
-LAST_CHUNK = b"0\r\n\r\n"
-CHUNKED_FIELD = b"Transfer-Encoding: chunked\r\n"
-_STATUS_LINES: dict[tuple[int, str], bytes] = {}
-_STATUS_LINES_MAX = 512  # upstreams choose reason phrases: bound what is cached
 # Fields a compressed body replaces or invalidates; Vary is rewritten on every gzip candidate.
 _GZIP_DROP = frozenset(("accept-ranges", "etag", "vary"))
 _VARY_DROP = frozenset(("vary",))
@@ -137,17 +128,9 @@ def upstream_request_head(request: Request, client_ip: str) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
-def _status_line(status: int, reason: str) -> bytes:
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
-    if line is None:
-        line = f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
-        if len(_STATUS_LINES) < _STATUS_LINES_MAX:
-            _STATUS_LINES[key] = line
-    return line
-
-
-def _fields(response: Response, more: str = "", drop_also: frozenset[str] = frozenset()) -> bytes:
+def _fields(
+    response: UpstreamResponse, more: str = "", drop_also: frozenset[str] = frozenset()
+) -> bytes:
     """The response's header lines minus the hop-by-hop and framing ones (and `drop_also`), as
     received otherwise; then the lines of `more`."""
     drop = (_RESPONSE_DROP | drop_also) if drop_also else _RESPONSE_DROP
@@ -162,17 +145,7 @@ def _fields(response: Response, more: str = "", drop_also: frozenset[str] = froz
     return "".join(lines).encode("latin-1")
 
 
-def _length_field(response: Response) -> bytes:
-    """The Content-Length the client gets for a body passed through as it is: the length we
-    parsed; for a body-less answer (HEAD, 304), the upstream's figure for the full body."""
-    if response.framing == LENGTH:
-        return b"Content-Length: %d\r\n" % response.content_length
-    if response.framing == NO_BODY and response.status != 204 and response.content_length >= 0:
-        return b"Content-Length: %d\r\n" % response.content_length
-    return b""
-
-
-def _gzip_candidate(response: Response, route: Route) -> bool:
+def _gzip_candidate(response: UpstreamResponse, route: Route) -> bool:
     """Whether gzip applies to this upstream response on a gzip route (as for files: a 200 of
     a compressible type, not tiny; plus: not encoded upstream, not marked no-transform)."""
     if response.status != 200 or response.framing == NO_BODY:
@@ -189,7 +162,7 @@ def _gzip_candidate(response: Response, route: Route) -> bool:
     return cache_control is None or "no-transform" not in cache_control.lower()
 
 
-def _vary_line(response: Response) -> str:
+def _vary_line(response: UpstreamResponse) -> str:
     """The upstream's Vary (all its fields as one) with Accept-Encoding added if missing."""
     vary = response.headers.get("vary", "").strip(" \t")
     if not vary:
@@ -200,7 +173,7 @@ def _vary_line(response: Response) -> str:
     return f"Vary: {vary}, Accept-Encoding\r\n"
 
 
-def _gzip_etag_line(response: Response) -> str:
+def _gzip_etag_line(response: UpstreamResponse) -> str:
     """The ETag of the gzip variant: a strong tag gets -gzip inside its quotes (a different
     representation), a weak one stays (equivalent content); anything malformed is dropped."""
     etag = response.headers.get("etag")
@@ -213,9 +186,9 @@ def _gzip_etag_line(response: Response) -> str:
     return ""
 
 
-def serve_proxy(session: Session, request: Request, route: Route, path: str) -> None:
-    stream = ProxyStream(session, request, route)
-    session.stream(stream)
+def serve_proxy(ctx: RouteContext, request: Request, route: Route, path: str) -> None:
+    stream = ProxyStream(ctx, request, route)
+    ctx.stream(stream)
     try:
         stream.dispatch(stream.head)
     except BaseException:
@@ -223,40 +196,45 @@ def serve_proxy(session: Session, request: Request, route: Route, path: str) -> 
         raise
 
 
+# The phases of one request's trip (ProxyStream.phase).
+CONNECTING = "connecting"  # a new connection to the upstream is being set up
+AWAITING_HEAD = "awaiting head"  # the request went out; no final response head yet
+STREAMING = "streaming"  # the response head went to the client; its body follows
+DONE = "done"  # answered, failed or abandoned: nothing more happens
+
+
 class ProxyStream:
-    """One request's trip through an upstream: the session's Producer, the upstream's handler."""
+    """One request's trip through an upstream: the session's producer, the upstream
+    connection's handler. `phase` says where it is: CONNECTING → AWAITING_HEAD → STREAMING →
+    DONE (a failed connect goes back to CONNECTING on the next upstream; a failure before the
+    head answers 502/504 in its place, one after it cuts the response short)."""
 
     __slots__ = (
         "balancer",
-        "body_bytes",
+        "body",
         "body_complete",
         "body_started",
         "conn",
         "connect_timeout",
-        "done",
-        "encoder",
-        "gz_fed",
-        "gz_scheduled",
-        "gz_turn",
+        "ctx",
         "head",
+        "keep_alive",
         "loop",
+        "phase",
         "read_timeout",
-        "rechunk",
         "request",
-        "response",
         "retried",
         "route",
         "sent_at",
-        "session",
         "state",
         "status",
         "tried",
         "waiting_body",
     )
 
-    def __init__(self, session: Session, request: Request, route: Route) -> None:
-        core = session.core
-        self.session = session
+    def __init__(self, ctx: RouteContext, request: Request, route: Route) -> None:
+        core = ctx.core
+        self.ctx = ctx
         self.request = request
         self.route = route
         self.loop = core.loop
@@ -266,31 +244,26 @@ class ProxyStream:
         read = route.upstream_read_timeout
         self.connect_timeout = timeouts.upstream_connect if connect is None else connect
         self.read_timeout = timeouts.upstream_read if read is None else read
-        self.head = upstream_request_head(request, session.conn.peer_ip)
+        self.head = upstream_request_head(request, ctx.conn.peer_ip)
+        self.phase = CONNECTING
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None
         self.sent_at = 0.0  # when the request went to the current upstream
         self.tried: list[UpstreamState] = []
-        self.response: Response | None = None
+        self.body: BodyStream | None = None  # the client's response body, once streaming
         self.status = 0
-        self.body_bytes = 0
+        self.keep_alive = False  # the upstream keeps the connection after this response
         self.body_started = False  # request body bytes went to an upstream: no retry
         self.body_complete = False
         self.waiting_body = False  # the session holds the request body for us
-        self.rechunk = False
         self.retried = False
-        self.done = False
-        self.encoder: GzipEncoder | None = None  # set when the response body is compressed
-        self.gz_fed = False  # the encoder took bytes since its last flush
-        self.gz_turn = 0  # upstream bytes compressed in this loop turn
-        self.gz_scheduled = False  # `_gzip_turn` is posted
 
     # --- choosing an upstream -------------------------------------------------------------------
     def dispatch(self, data: bytes) -> None:
         """Send `data` (the head, plus any body queued so far) to the next upstream picked."""
         tried = self.tried
         route = self.route
-        client_ip = self.session.conn.peer_ip
+        client_ip = self.ctx.conn.peer_ip
         while True:
             state = self.balancer.pick(self.loop.now, client_ip, tried)
             if state is None:
@@ -315,23 +288,27 @@ class ProxyStream:
         conn.handler = self
         self.conn = conn
         self.state = state
-        self.sent_at = self.loop.now
-        self.session.upstream = state.addr
+        now = self.loop.now
+        self.sent_at = now
+        self.ctx.upstream = state.addr
         state.active += 1
         state.requests += 1
         conn.parser.head_request = self.request.method == "HEAD"
         if conn.connecting:
-            conn.timer.reset(self.loop.now + self.connect_timeout)
+            self.phase = CONNECTING
+            conn.timer.reset(now + self.connect_timeout)
         else:
-            conn.timer.reset(self.loop.now + self.read_timeout)
+            self.phase = AWAITING_HEAD
+            conn.timer.reset(now + self.read_timeout)
         conn.write(data)  # a dead pooled connection may call on_close from here
         if self.waiting_body and self.conn is conn and not conn.out.full():
             # Moved to another upstream while the body was held: it has room again.
             self.waiting_body = False
-            self.session.resume_body()
+            self.ctx.resume_body()
 
     def _detach(self, reuse: bool) -> None:
         conn = self.conn
+        assert conn is not None and self.state is not None
         self.conn = None
         state = self.state
         state.active -= 1
@@ -344,29 +321,35 @@ class ProxyStream:
     def _progress(self) -> None:
         """The exchange moved: push the read deadline (unless the client is what holds it)."""
         conn = self.conn
-        if not conn.read_paused and not conn.connecting:
+        if conn is not None and not conn.read_paused and not conn.connecting:
             conn.timer.reset(self.loop.now + self.read_timeout)
 
     def _failed(self, error: str) -> None:
         route = self.route
+        assert self.state is not None
         self.state.failed(error, route.max_fails, route.fail_timeout)
 
     # --- upstream events ----------------------------------------------------------------------
     def on_connect(self) -> None:
+        assert self.conn is not None and self.state is not None
+        self.phase = AWAITING_HEAD
         self.conn.timer.reset(self.loop.now + self.read_timeout)
         self.state.connected()
 
     def on_connect_failed(self, error: str) -> None:
+        assert self.conn is not None
         pending = b"".join(self.conn.out.items)  # all still queued: none of it was sent
         self._detach(False)
         self._failed(f"connect: {error}")
         self.dispatch(pending)
 
     def on_data(self, data: bytes) -> None:
+        assert self.conn is not None
         self.conn.parser.feed(data)
         self._pump()
 
     def on_eof(self) -> None:
+        assert self.conn is not None
         self.conn.parser.feed_eof()
         self._pump()
 
@@ -375,7 +358,7 @@ class ProxyStream:
         self._progress()
         if self.waiting_body:
             self.waiting_body = False
-            self.session.resume_body()
+            self.ctx.resume_body()
 
     def on_close(self) -> None:
         """The connection failed under us (a reset, a send error); our own closes detach first."""
@@ -383,196 +366,178 @@ class ProxyStream:
             self._lost("connection reset")
 
     def on_timeout(self) -> None:
-        conn = self.conn
-        session = self.session
-        bus = session.core.bus
-        connecting = conn.connecting
+        ctx = self.ctx
+        bus = ctx.core.bus
+        connecting = self.phase == CONNECTING
         if bus.active:
             phase = "upstream_connect" if connecting else "upstream_read"
-            bus.publish(Timeout(time.time(), session.id, session.conn.peer_ip, phase))
+            bus.publish(Timeout(time.time(), ctx.id, ctx.conn.peer_ip, phase))
         if connecting:
             self.on_connect_failed("timed out")
             return
         self._failed("read timed out")
-        if self.response is None:
+        if self.phase == AWAITING_HEAD:
             self._give_up(504)
         else:
             self._cut()
 
+    # --- the upstream's response ------------------------------------------------------------
     def _pump(self) -> None:
-        """Turn what the upstream sent into bytes for the client: one send per batch."""
+        """Take what the upstream sent, event by event, into the client's response; one send
+        per batch; then hold the upstream back if the client (or this turn's compression
+        budget) has no room."""
         conn = self.conn
+        assert conn is not None
         parser = conn.parser
-        parts: list[bytes] = []
-        while True:
+        while self.phase != DONE:
             try:
                 event = parser.next_event()
             except ParseError as exc:
-                if parts:
-                    self._send(parts)
-                    if self.done:
-                        return
-                self._failed(exc.reason)
-                if self.response is None:
-                    self._give_up(502)
-                else:
-                    self._cut()
+                self._broken(exc.reason)
                 return
             if event is NEED_DATA:
-                break
+                self._batch_done(conn)
+                return
             kind = type(event)
             if kind is Data:
-                data = event.data
-                encoder = self.encoder
-                if encoder is not None:
-                    self.gz_fed = True
-                    self.gz_turn += len(data)
-                    data = encoder.feed(data)
-                    if not data:
-                        continue  # never an empty chunk: it would end the body
-                self.body_bytes += len(data)
-                if self.rechunk:
-                    data = b"%x\r\n%s\r\n" % (len(data), data)
-                parts.append(data)
-            elif kind is Response:
-                status = event.status
-                if status < 200:
-                    if status == 101:  # Upgrade is never forwarded, so it cannot be honoured
-                        self._failed("101 Switching Protocols without an Upgrade")
-                        self._give_up(502)
-                        return
-                    if self.request.version == "1.1":
-                        parts.append(_status_line(status, event.reason))
-                        parts.append(_fields(event))
-                        parts.append(b"\r\n")
-                    continue
-                self.response = event
-                state = self.state
-                if state.fails or state.down_until:
-                    state.succeeded()
-                parts.append(self._client_head(event))
+                body = self.body
+                if body is not None:
+                    body.write(event.data)
+            elif kind is UpstreamResponse:
+                self._head(event)
             elif event is END_OF_MESSAGE:
-                encoder = self.encoder
-                if encoder is not None:
-                    self.encoder = None
-                    tail = encoder.finish()  # never empty: at least the gzip trailer
-                    self.body_bytes += len(tail)
-                    parts.append(chunk(tail) if self.rechunk else tail)
-                if self.rechunk:
-                    parts.append(LAST_CHUNK)
-                self._send(parts)
-                if not self.done:
-                    self._finish()
+                self._end()
                 return
             else:  # CLOSED: the upstream closed before a response
                 self._lost("upstream closed the connection")
                 return
-        if parts:
-            self._send(parts)
-            if self.done:
-                return
-        if self.gz_fed and not self.gz_scheduled:
-            # Flush what the encoder holds once the upstream has nothing more this turn.
-            self.gz_scheduled = True
-            self.loop.call_soon(self._gzip_turn)
-        client_out = self.session.conn.out
-        if client_out.size >= client_out.threshold:
-            # The client is behind: stop reading the upstream; the session's send timeout
-            # watches the client meanwhile.
-            conn.pause_reading()
-            conn.timer.cancel()
-            self.session.arm_timer()
-        else:
-            conn.timer.reset(self.loop.now + self.read_timeout)
-            if self.gz_turn >= STREAM_TURN:
-                conn.pause_reading()  # enough compressing for one turn: the rest on the next
 
-    def _gzip_turn(self) -> None:
-        """Next loop turn of a compressed response: flush what the encoder holds (the upstream
-        idles, so the client gets everything so far), and read on if this turn's budget
-        paused the upstream."""
-        self.gz_scheduled = False
-        self.gz_turn = 0
-        encoder = self.encoder
-        if self.done or encoder is None:
+    def _head(self, upstream: UpstreamResponse) -> None:
+        """A response head: an interim one is relayed, the final one starts the client's."""
+        status = upstream.status
+        ctx = self.ctx
+        if status < 200:
+            if status == 101:  # Upgrade is never forwarded, so it cannot be honoured
+                self._failed("101 Switching Protocols without an Upgrade")
+                self._give_up(502)
+            elif self.request.version == "1.1":
+                writer = ctx.core.writer
+                ctx.conn.send(writer.informational(status, upstream.reason, _fields(upstream)))
             return
-        if self.gz_fed:
-            self.gz_fed = False
-            data = encoder.flush()
-            if data:
-                self.body_bytes += len(data)
-                self._send([chunk(data) if self.rechunk else data])
-                if self.done:
-                    return
-        conn = self.conn
-        client_out = self.session.conn.out
-        if conn is not None and conn.read_paused and client_out.size < client_out.threshold:
-            self.resume()
+        state = self.state
+        assert state is not None
+        if state.fails or state.down_until:
+            state.succeeded()
+        self.phase = STREAMING
+        self.status = status
+        self.keep_alive = upstream.keep_alive
+        response, gzip_level = self._client_response(upstream)
+        self.body = ctx.start_body(response, gzip_level)
 
-    def _send(self, parts: list[bytes]) -> None:
-        # A failed send closes the client, which aborts us: callers check `done` after.
-        self.session.conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
-
-    def _client_head(self, response: Response) -> bytes:
-        """The upstream's status and fields minus hop-by-hop ones (with Vary, and rewritten for
-        a compressed body, when gzip applies), plus Server, Date, framing and our Connection."""
-        session = self.session
-        self.status = response.status
-        headers = response.headers
-        fields = None
+    def _client_response(self, upstream: UpstreamResponse) -> tuple[Response, int | None]:
+        """The upstream's status and fields minus hop-by-hop ones (with Vary, and rewritten
+        for a compressed body, when gzip applies), and the gzip level if the body is
+        compressed. The writer adds Server and Date unless the upstream sent them, the framing
+        from the length we parsed, and our Connection."""
         route = self.route
-        if route.gzip_enable and _gzip_candidate(response, route):
+        gzip_level = None
+        if route.gzip_enable and _gzip_candidate(upstream, route):
             if accepts_gzip(self.request.headers):
-                self.encoder = GzipEncoder(route.gzip_level)
-                session.core.stats.gzip_responses += 1
-                more = _vary_line(response) + _gzip_etag_line(response)
-                fields = _fields(response, more + "Content-Encoding: gzip\r\n", _GZIP_DROP)
+                gzip_level = route.gzip_level
+                self.ctx.core.stats.gzip_responses += 1
+                more = _vary_line(upstream) + _gzip_etag_line(upstream)
+                fields = _fields(upstream, more + "Content-Encoding: gzip\r\n", _GZIP_DROP)
             else:
-                fields = _fields(response, _vary_line(response), _VARY_DROP)
-        framing = response.framing
-        length = b""
-        if framing in (CHUNKED, UNTIL_CLOSE) or self.encoder is not None:
-            if self.request.version == "1.1":
-                self.rechunk = True
-                length = CHUNKED_FIELD
-            else:
-                session.close_after = True  # an HTTP/1.0 client learns the end from the close
+                fields = _fields(upstream, _vary_line(upstream), _VARY_DROP)
         else:
-            length = _length_field(response)
-        responder = session.core.responder
-        return b"".join(
-            (
-                _status_line(response.status, response.reason),
-                _fields(response) if fields is None else fields,
-                b"" if "server" in headers else b"Server: %s\r\n" % responder.server_name.encode(),
-                b"" if "date" in headers else responder.date_line(),
-                length,
-                CONNECTION_CLOSE if session.close_after else CONNECTION_KEEP_ALIVE,
-            )
+            fields = _fields(upstream)
+        framing = upstream.framing
+        if gzip_level is not None or framing in (CHUNKED, UNTIL_CLOSE):
+            length = -1  # as it comes: chunked to HTTP/1.1 clients, until the close to 1.0
+        elif framing == LENGTH or upstream.status != 204:
+            length = upstream.content_length  # a HEAD's or 304's says how long the body is
+        else:
+            length = -1
+        headers = upstream.headers
+        response = RelayedResponse(
+            upstream.status,
+            fields,
+            length,
+            upstream.reason,
+            "server" not in headers,
+            "date" not in headers,
         )
+        return response, gzip_level
+
+    def _batch_done(self, conn: UpstreamConnection) -> None:
+        """The upstream has nothing more for now: send what this batch made, and hold the
+        upstream back while the client has no room."""
+        body = self.body
+        if body is None:
+            conn.timer.reset(self.loop.now + self.read_timeout)  # still waiting for the head
+            return
+        body.commit()
+        if self.phase == DONE:
+            return  # the send failed: the client is gone, and we with it
+        if body.room():
+            conn.timer.reset(self.loop.now + self.read_timeout)
+            return
+        conn.pause_reading()
+        out = self.ctx.conn.out
+        if out.size >= out.threshold:
+            # The client is behind: its send timeout watches it meanwhile.
+            conn.timer.cancel()
+            self.ctx.arm_timer()
+
+    def _end(self) -> None:
+        """The upstream's response is complete."""
+        body = self.body
+        if body is not None:
+            body.end()
+        if self.phase != DONE:
+            self._finish()
+
+    def _broken(self, reason: str) -> None:
+        """The upstream broke the protocol: 502 before the head, else the response is cut."""
+        body = self.body
+        if body is not None:
+            body.commit()
+            if self.phase == DONE:
+                return
+        self._failed(reason)
+        if self.phase == STREAMING:
+            self._cut()
+        else:
+            self._give_up(502)
 
     # --- ends -----------------------------------------------------------------------------------
+    def _sent(self) -> int:
+        body = self.body
+        return body.sent if body is not None else 0
+
     def _finish(self) -> None:
         """The whole response is queued for the client."""
         conn = self.conn
+        assert conn is not None
         reuse = (
-            self.response.keep_alive
+            self.keep_alive
             and self.body_complete
             and not conn.out.items
             and not conn.parser.buffered
         )
-        self.done = True
+        self.phase = DONE
         self._detach(reuse)
         self._account(self.status)
-        self.session.stream_done(self.status, self.body_bytes)
+        self.ctx.stream_done(self.status, self._sent())
 
     def _lost(self, reason: str) -> None:
         """The upstream connection ended without a complete response."""
         conn = self.conn
         state = self.state
+        assert conn is not None and state is not None
         reused = conn.reused
         self._detach(False)
-        if self.response is None:
+        if self.phase != STREAMING:
             if (
                 reused
                 and not self.retried
@@ -619,21 +584,23 @@ class ProxyStream:
 
     def _give_up(self, status: int) -> None:
         """Nothing reached the client yet: answer `status` (502, 504) in place of a response."""
-        self.done = True
+        self.phase = DONE
         if self.conn is not None:
             self._detach(False)
         self._account(status)
-        self.session.stream_failed(status)
+        self.ctx.stream_failed(status)
 
     def _cut(self) -> None:
         """The response started and cannot finish: flush what is queued, then close."""
-        self.done = True
+        self.phase = DONE
         if self.conn is not None:
             self._detach(False)
         self._account(502)  # for the upstream's figures, a broken exchange
-        session = self.session
-        session.close_after = True
-        session.stream_done(self.status, self.body_bytes)
+        if self.body is not None:
+            self.body.commit()  # what this batch made still goes out before the close
+        ctx = self.ctx
+        ctx.close_after = True
+        ctx.stream_done(self.status, self._sent())
 
     def _account(self, status: int) -> None:
         """The exchange with the last upstream tried is over: into its figures."""
@@ -648,7 +615,7 @@ class ProxyStream:
             return
         self.body_started = True
         if self.request.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
+            data = chunk(data)
         self._progress()
         conn.write(data)
 
@@ -673,12 +640,12 @@ class ProxyStream:
             conn.resume_reading()
 
     def responded(self) -> bool:
-        return self.response is not None
+        return self.phase == STREAMING
 
     def abort(self) -> None:
         """The client went away: never pool a connection in the middle of an exchange."""
-        if self.done:
+        if self.phase == DONE:
             return
-        self.done = True
+        self.phase = DONE
         if self.conn is not None:
             self._detach(False)

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from xps_server.config import Route
     from xps_server.http.parser import Request
-    from xps_server.server.session import Session
+    from xps_server.http.writer import Response
+    from xps_server.routes.base import RouteContext
 
 
-def serve_redirect(session: Session, request: Request, route: Route, path: str) -> None:
+def serve_redirect(ctx: RouteContext, request: Request, route: Route, path: str) -> Response:
     location = b"Location: %s\r\n" % route.redirect_url.encode("latin-1", "replace")
-    session.error(route.http_status_code, request.method == "HEAD", location)
+    return ctx.core.writer.error(route.http_status_code, location)

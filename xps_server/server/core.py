@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from xps_server.config import Config, ConfigError, Route, load_config
 from xps_server.core.loop import Loop
-from xps_server.disk.file import FileCache, serve_file
+from xps_server.disk.file import FileCache
 from xps_server.disk.gzip import GzipCache
 from xps_server.events import (
     AclDenied,
@@ -24,31 +24,31 @@ from xps_server.events import (
     EventBus,
     RequestFinished,
 )
-from xps_server.http.response import Responder
-from xps_server.metrics import Stats, serve_metrics, snapshot
+from xps_server.http.writer import ResponseWriter
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
 from xps_server.network.upstream import UpstreamRegistry
-from xps_server.routes.proxy import serve_proxy
-from xps_server.routes.redirect import serve_redirect
+from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
+from xps_server.server.metrics import Stats, prometheus, snapshot
 from xps_server.server.runtime import Runtime, route_key
 from xps_server.server.session import Session
 from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.core")
 
-RouteHandler = Callable[..., None]
-
 
 class Core:
     """Everything one running server holds."""
 
-    def __init__(self, config: Config, loop: Loop | None = None) -> None:
+    def __init__(
+        self, config: Config, handlers: Mapping[str, RouteHandler], loop: Loop | None = None
+    ) -> None:
+        """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`)."""
         self.config = config
         self.loop = loop or Loop()
-        self.responder = Responder(config.server_name)
+        self.writer = ResponseWriter(config.server_name)
         self.files = FileCache()
         self.stats = Stats()
         self.gzip_cache = GzipCache()
@@ -69,12 +69,7 @@ class Core:
         # Open sessions by client address as accept() gave it: what a global block closes.
         self.sessions_by_ip: dict[str, dict[int, Session]] = {}
         self.draining = False
-        self.route_handlers: dict[str, RouteHandler] = {
-            "file_serve": serve_file,
-            "redirect": serve_redirect,
-            "reverse_proxy": serve_proxy,
-            "metrics": serve_metrics,
-        }
+        self.route_handlers = handlers
         self._next_session_id = 0
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
@@ -231,8 +226,7 @@ class Core:
             session.top_refused += 1  # told to the tracker with the session's requests
         if self.bus.active:
             self.bus.publish(AclDenied(time.time(), ip, route.req_path, path, reason))
-        request = session.request
-        session.error(403, request is not None and request.method == "HEAD")
+        session.error(403)
 
     @staticmethod
     def _route_keys(config: Config) -> list[tuple[str, Route]]:
@@ -283,8 +277,12 @@ class Core:
         return {"blocks": self.runtime.blocks(), "routes": self.runtime.acl_routes()}
 
     def metrics_snapshot(self) -> dict:
-        """What a `metrics` route answers (SPEC §3), as a dict."""
+        """What a `metrics` route answers, as a dict."""
         return snapshot(self)
+
+    def metrics_prometheus(self) -> str:
+        """The same figures, and the latency histograms, as Prometheus text."""
+        return prometheus(snapshot(self), self)
 
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
     def block(self, cidr: str, route: str | None = None, seconds: float | None = None) -> dict:
@@ -329,7 +327,7 @@ class Core:
                 listener.close()
         self.listeners = bound
         self.config = config
-        self.responder = Responder(config.server_name)
+        self.writer = ResponseWriter(config.server_name)
         self.files.clear()
         self.upstreams.configure(config)
         self.accounting.configure(config, self._route_keys(config), self.upstreams)

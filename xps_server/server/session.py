@@ -18,13 +18,15 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from xps_server.config import find_route, find_server
-from xps_server.core.pipe import FileSegment
 from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, ParseError, Request, RequestParser
 from xps_server.http.target import normalize_path
+from xps_server.http.writer import CHUNKED, CLOSE_DELIMITED, LENGTH, NO_BODY, Response
+from xps_server.network.output import BodyStream
+from xps_server.routes.base import Producer
 
 if TYPE_CHECKING:
     from xps_server.network.connection import Connection
@@ -33,17 +35,6 @@ if TYPE_CHECKING:
     from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")
-
-
-class Producer(Protocol):
-    """What produces a streamed response (the proxy): takes the request body, fills the pipe."""
-
-    def on_body(self, data: bytes) -> None: ...
-    def on_body_end(self) -> None: ...
-    def body_full(self) -> bool: ...
-    def resume(self) -> None: ...  # the client pipe drained below its threshold
-    def abort(self) -> None: ...  # the client went away: release everything
-    def responded(self) -> bool: ...  # the final response head went out to the client
 
 
 # What the session waits for, which decides the timeout that applies.
@@ -343,8 +334,7 @@ class Session:
     def stream_failed(self, status: int) -> None:
         """The producer gave up before sending a byte: answer `status` (502, 504) instead."""
         self.producer = None
-        request = self.request
-        self.error(status, request is not None and request.method == "HEAD")
+        self.error(status)
         self._continue()
 
     def _continue(self) -> None:
@@ -388,7 +378,7 @@ class Session:
         route = find_route(server, path)
         if route is None:
             self._unrouted()
-            self.error(404, request.method == "HEAD")
+            self.error(404)
             return
         self.route = route.req_path
         self.route_stats = route.stats
@@ -398,13 +388,16 @@ class Session:
             return
         stats.req_by_type[route.type] += 1
         try:
-            core.route_handlers[route.type](self, request, route, path)
+            response = core.route_handlers[route.type](self, request, route, path)
         except Exception:
             # A bug in a route handler costs this request, never the server.
             log.exception("%s %s failed", request.method, request.target)
             if not self.conn.closed:
                 self.producer = None
                 self.fail(500)
+            return
+        if response is not None:
+            self.respond(response)
 
     def _unrouted(self) -> None:
         """The answer about to go out belongs to no route (not the previous request's)."""
@@ -412,33 +405,63 @@ class Session:
         self.route_stats = None
 
     # --- responding -------------------------------------------------------------------------
-    def keep_alive(self) -> bool:
-        return not self.close_after
-
-    def respond(self, status: int, data: bytes, body_bytes: int) -> None:
-        """Queue a whole response (`data`: head and body) and account for it."""
-        self.conn.send(data)
-        self.finish(status, body_bytes)
-
-    def respond_body(self, status: int, head: bytes, body: bytes) -> None:
-        """Queue a head and a shared body (a cached file's bytes); one past JOIN_BODY_BYTES is
-        never copied, so what waits for a slow client is a view of the cache, not a copy."""
-        if len(body) <= JOIN_BODY_BYTES:
-            self.conn.send(head + body)
+    def respond(self, response: Response) -> None:
+        """Answer the current request with a whole `response`: the writer's head and the body
+        (bytes, or a file segment moved by sendfile; none for a HEAD request)."""
+        request = self.request
+        head_only = request is not None and request.method == "HEAD"
+        writer = self.core.writer
+        status = response.status
+        if response.length >= 0 and status >= 200 and status != 204 and status != 304:
+            framing = LENGTH  # the common answer, decided without a call
         else:
-            self.conn.send_body(head, body)
-        self.finish(status, len(body))
+            http11 = request is None or request.version == "1.1"
+            framing = writer.framing(response, http11, head_only)
+        keep_alive = not self.close_after
+        body = response.body
+        conn = self.conn
+        if body is None or head_only or framing == NO_BODY:
+            conn.send(writer.head(response, framing, keep_alive))
+            sent = 0
+        elif type(body) is bytes:
+            sent = len(body)
+            if sent <= JOIN_BODY_BYTES:
+                conn.send(writer.head(response, framing, keep_alive, body))
+            else:
+                # A shared body (a cached file's bytes) goes out beside its head, uncopied:
+                # what waits for a slow client is a view of the cache.
+                conn.send_body(writer.head(response, framing, keep_alive), body)
+        else:
+            sent = body.count
+            conn.send_file(writer.head(response, framing, keep_alive), body)
+        self.finish(response.status, sent)
 
-    def respond_file(self, status: int, head: bytes, segment: FileSegment) -> None:
-        """Queue a head and a file segment that follows it with sendfile."""
-        self.conn.send_file(head, segment)
-        self.finish(status, segment.count)
+    def start_body(
+        self, response: Response, gzip_level: int | None = None, collect: bool = False
+    ) -> BodyStream | None:
+        """Send the head of a streamed response (the producer's); the chain its body goes
+        into, gzip'ed at `gzip_level` if given, or None when no body goes out (HEAD)."""
+        request = self.request
+        head_only = request is not None and request.method == "HEAD"
+        writer = self.core.writer
+        framing = writer.framing(response, request is None or request.version == "1.1", head_only)
+        if framing == CLOSE_DELIMITED:
+            self.close_after = True  # an HTTP/1.0 client learns the end from the close
+        conn = self.conn
+        head = writer.head(response, framing, not self.close_after)
+        if head_only or framing == NO_BODY:
+            conn.send(head)
+            return None
+        producer = self.producer
+        assert producer is not None, "start_body is for the session's producer"
+        # The head waits in the stream, to go out with the first piece of the body.
+        return BodyStream(
+            self.core.loop, conn, producer, framing == CHUNKED, gzip_level, collect, head
+        )
 
-    def error(self, status: int, head_only: bool = False, extra: bytes = b"") -> None:
-        """Answer a canned page, keeping the connection if the request allowed it."""
-        data = self.core.responder.error(status, not self.close_after, extra, head_only)
-        self.conn.send(data)
-        self.finish(status, 0 if head_only else len(self.core.responder.page(status)[1]))
+    def error(self, status: int, extra: bytes = b"") -> None:
+        """Answer the canned page of `status`, keeping the connection if the request allowed."""
+        self.respond(self.core.writer.error(status, extra))
 
     def fail(self, status: int, linger: bool = True) -> None:
         """A protocol error: answer `status`, then close once it is out (lingering, unless the

@@ -1,33 +1,29 @@
-"""Counters and timings kept by the loop thread, and the `metrics` route that reports them.
+"""Counters and timings kept by the loop thread, and the figures the `metrics` route reports.
 
 Counters are plain attribute increments on the loop thread, no locks. `snapshot` names them as
-SPEC §3's metrics JSON does (plus extras: ACL denials, blocked connections, gzip and access
-log figures); traffic includes the bytes of connections still open, summed at snapshot time.
-`prometheus` renders the same figures in the Prometheus text exposition format 0.0.4.
+eXpServer's metrics JSON does (plus extras: ACL denials, blocked connections, gzip and access
+log figures, traffic per route and upstream); traffic includes the bytes of connections still
+open, summed at snapshot time. `prometheus` renders the same figures in the Prometheus text
+exposition format 0.0.4.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from xps_server.traffic import TrafficStats, prometheus_buckets
 
 if TYPE_CHECKING:
-    from xps_server.config import Route
-    from xps_server.http.parser import Request
     from xps_server.server.core import Core
-    from xps_server.server.session import Session
 
 ROUTE_TYPES = ("file_serve", "reverse_proxy", "redirect", "metrics")
 
 
 class Stats:
-    """Server-wide counters; `snapshot` names them as SPEC §3's metrics JSON does."""
+    """Server-wide counters, named in `snapshot`."""
 
     __slots__ = (
         "acl_denied",
@@ -300,40 +296,3 @@ def _histograms(
         lines.append(f"{name}_sum{{{where}}} {_number(totals.seconds)}")
         lines.append(f"{name}_count{{{where}}} {totals.count}")
     return lines
-
-
-# --- the route ------------------------------------------------------------------------------
-_ALLOW = b"Allow: GET, HEAD\r\n"
-
-
-def wants_prometheus(request: Request) -> bool:
-    """`?format=prometheus`, or an Accept header asking for text (as Prometheus does)."""
-    if request.query:
-        for name, value in parse_qsl(request.query):
-            if name == "format":
-                return value.lower() in ("prometheus", "text")
-    accept = request.headers.get("accept", "").lower()
-    return ("text/plain" in accept or "openmetrics" in accept) and "application/json" not in accept
-
-
-def serve_metrics(session: Session, request: Request, route: Route, path: str) -> None:
-    """`type: metrics`: the snapshot as JSON, or Prometheus text when asked."""
-    method = request.method
-    if method != "GET" and method != "HEAD":
-        session.error(405, extra=_ALLOW)
-        return
-    data = snapshot(session.core)
-    if wants_prometheus(request):
-        body = prometheus(data, session.core).encode()
-        kind = b"text/plain"
-    else:
-        body = json.dumps(data, indent=1).encode() + b"\n"
-        kind = b"application/json"
-    fields = b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n" % (
-        kind,
-        len(body),
-    )
-    if method == "HEAD":
-        body = b""
-    responder = session.core.responder
-    session.respond(200, responder.head(200, fields, session.keep_alive(), body), len(body))

@@ -1,0 +1,83 @@
+"""What a route handler is, and the narrow view of the server it gets.
+
+A handler is called with the request's context, the request, its route and the decoded path.
+It answers by returning a `Response` (a whole answer: the session writes and frames it), or by
+streaming: it registers itself as the session's producer (`ctx.stream`), sends the head when
+it knows it (`ctx.start_body`, which gives the `BodyStream` to write into) and says when it is
+done (`ctx.stream_done`, or `ctx.stream_failed` before any byte went out); it then returns
+None. Handlers see the server only through the two protocols below, so this package imports
+nothing of `xps_server.server`: the container is handed the table of handlers when it is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from xps_server.config import Config, Route
+    from xps_server.core.loop import Loop
+    from xps_server.disk.file import FileCache
+    from xps_server.disk.gzip import GzipCache
+    from xps_server.events import EventBus
+    from xps_server.http.parser import Request
+    from xps_server.http.writer import Response, ResponseWriter
+    from xps_server.network.connection import Connection
+    from xps_server.network.output import BodyStream
+    from xps_server.network.upstream import UpstreamRegistry
+
+
+class Counters(Protocol):
+    gzip_responses: int
+
+
+class Services(Protocol):
+    """The shared things of the running server a handler may use."""
+
+    loop: Loop
+    bus: EventBus
+    config: Config
+    files: FileCache
+    gzip_cache: GzipCache
+    upstreams: UpstreamRegistry
+    writer: ResponseWriter
+    stats: Counters
+
+    def metrics_snapshot(self) -> dict[str, Any]: ...
+    def metrics_prometheus(self) -> str: ...
+
+
+class Producer(Protocol):
+    """A streamed response (the proxy, a file being compressed): takes the request's body as
+    it arrives, fills the client pipe as it can."""
+
+    def on_body(self, data: bytes) -> None: ...
+    def on_body_end(self) -> None: ...
+    def body_full(self) -> bool: ...
+    def resume(self) -> None: ...  # the client pipe drained below its threshold
+    def abort(self) -> None: ...  # the client went away: release everything
+    def responded(self) -> bool: ...  # the final response head went out to the client
+
+
+class RouteContext(Protocol):
+    """One client connection's view, as a handler sees it (the session implements it)."""
+
+    id: int
+    core: Services
+    conn: Connection
+    close_after: bool
+    upstream: str  # the upstream the latest proxied request used, for the operator
+
+    def stream(self, producer: Producer) -> None: ...
+    def start_body(
+        self, response: Response, gzip_level: int | None = None, collect: bool = False
+    ) -> BodyStream | None: ...
+    def stream_done(self, status: int, body_bytes: int) -> None: ...
+    def stream_failed(self, status: int) -> None: ...
+    def resume_body(self) -> None: ...
+    def arm_timer(self) -> None: ...
+
+
+class RouteHandler(Protocol):
+    def __call__(
+        self, ctx: RouteContext, request: Request, route: Route, path: str
+    ) -> Response | None: ...
