@@ -397,6 +397,8 @@ def test_blocks_and_toggles_outlive_a_reload(acl_server, site):
     assert status(port, "/white/hello.txt", "127.0.0.2") == 403  # the block holds
     assert status(port, "/white/hello.txt", "127.0.0.20") == 403  # the config list too
     assert status(port, "/v6/hello.txt", "127.0.0.2") == 404  # now under "/", which is open
-    assert server.call(lambda: core.config.servers[0].route_map["/white"].gzip_enable) is True
+    assert server.call(lambda: core.routing.states["/white"].gzip_enable) is True
+    # The switch lives beside the config, which stays as the file says.
+    assert server.call(lambda: core.config.servers[0].route_map["/white"].gzip_enable) is False
     server.call(lambda: core.unblock("127.0.0.2", route="/white"))
     assert status(port, "/white/hello.txt", "127.0.0.2") == 200

@@ -143,8 +143,8 @@ def test_registry_shares_states_between_routes_and_keeps_them_over_reloads(loop)
     registry.configure(first)
     assert sorted(registry) == ["127.0.0.1:9001", "localhost:9002"]
     r0, r1 = first.servers[0].routes
-    assert registry.balancer(r0).peers[0].state is registry.balancer(r1).peers[0].state
-    assert registry.balancer(r1).peers[0].weight == 2
+    assert registry.balancer_for(r0).peers[0].state is registry.balancer_for(r1).peers[0].state
+    assert registry.balancer_for(r1).peers[0].weight == 2
     assert registry["localhost:9002"].sockaddr == ("127.0.0.1", 9002)
     kept = registry["127.0.0.1:9001"]
     kept.requests = 7

@@ -584,7 +584,7 @@ def test_pathological_json_is_a_config_error(tmp_path: Path) -> None:
 
 def test_find_route_longest_prefix_on_segment_boundary() -> None:
     server = metrics_server("/", "/api", "/api/v2/", "/static")
-    route = {path: find_route(server, path).req_path for path in (
+    route = {path: find_route(server.route_map, path).req_path for path in (
         "/", "/index.html", "/api", "/api/", "/api/x", "/apix", "/api/v2", "/api/v2/users",
         "/api/v20", "/static/a/b.css", "/staticx", "", "*",
     )}  # fmt: skip
@@ -607,11 +607,11 @@ def test_find_route_longest_prefix_on_segment_boundary() -> None:
 
 def test_find_route_without_root_can_miss() -> None:
     server = metrics_server("/api", "/api/v1")
-    assert find_route(server, "/apix") is None
-    assert find_route(server, "/") is None
-    assert find_route(server, "/ap") is None
-    assert find_route(server, "/api/v1x").req_path == "/api"
-    assert find_route(metrics_server(), "/x") is None
+    assert find_route(server.route_map, "/apix") is None
+    assert find_route(server.route_map, "/") is None
+    assert find_route(server.route_map, "/ap") is None
+    assert find_route(server.route_map, "/api/v1x").req_path == "/api"
+    assert find_route(metrics_server().route_map, "/x") is None
 
 
 SEGMENTS = st.sampled_from(["a", "b", "ab", "api", "x.y"])
@@ -637,7 +637,7 @@ def test_find_route_agrees_with_brute_force(
         if path == p or path.startswith(p.rstrip("/") + "/") or p == "/"
     ]  # fmt: skip
     expected = max(matches, key=len) if matches else None
-    found = find_route(server, path)
+    found = find_route(server.route_map, path)
     assert (found.req_path if found else None) == expected
 
 

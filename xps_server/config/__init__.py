@@ -2,7 +2,7 @@
 
 from .load import ConfigError, load_config, parse_config
 from .model import Config, Limits, Listener, Route, Server, Timeouts, Upstream
-from .routes import find_route, find_server
+from .routes import find_route, find_server, route_key
 
 __all__ = [
     "Config",
@@ -17,4 +17,5 @@ __all__ = [
     "find_server",
     "load_config",
     "parse_config",
+    "route_key",
 ]

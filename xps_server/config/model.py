@@ -81,12 +81,6 @@ class Route:
     gzip_mime_types: list[str] = field(default_factory=list)
     ip_whitelist: list[str] = field(default_factory=list)
     ip_blacklist: list[str] = field(default_factory=list)
-    # The compiled ip lists plus runtime blocks (xps_server.policy.acl.Access), set by the core;
-    # None when nothing restricts the route, so the request path pays one attribute check.
-    access: object | None = field(default=None, init=False, repr=False, compare=False)
-    # The route's traffic figures (xps_server.traffic.TrafficStats), set by the core; None when
-    # histograms are off.
-    stats: object | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(slots=True)

@@ -1,12 +1,29 @@
 """Per-request lookups: which server answers a Host header, and which route a path falls under.
 
 Both run on every request, so they only probe precomputed data: `find_route` walks the path's
-"/" boundaries from longest to shortest against `Server.route_map`.
+"/" boundaries from longest to shortest against a route map (req_path -> route, or -> what the
+server keeps for it); `route_key` is how operators and the runtime name a route.
 """
 
 from __future__ import annotations
 
-from .model import Route, Server
+from typing import Protocol, TypeVar
+
+
+class _Routes(Protocol):
+    """What the lookups search: a config `Server`, or a server's runtime view of it."""
+
+    @property
+    def hostnames(self) -> list[str]: ...
+
+
+_S = TypeVar("_S", bound=_Routes)
+_R = TypeVar("_R")
+
+
+def route_key(server_index: int, req_path: str) -> str:
+    """How operators name a route: its req_path, prefixed by the server index past the first."""
+    return req_path if server_index == 0 else f"{server_index}:{req_path}"
 
 
 def _bare_host(host: str) -> str:
@@ -26,7 +43,7 @@ def _bare_host(host: str) -> str:
     return name.removesuffix(".")
 
 
-def find_server(servers: list[Server], host: str) -> Server:
+def find_server(servers: list[_S], host: str) -> _S:
     """The server among those sharing a listener that answers `host` (a Host header value).
 
     Order of preference: an exact hostname; the longest matching "*.suffix" wildcard; the first
@@ -34,9 +51,9 @@ def find_server(servers: list[Server], host: str) -> Server:
     default_server.
     """
     name = _bare_host(host)
-    wildcard: Server | None = None
+    wildcard: _S | None = None
     wildcard_len = 0
-    catch_all: Server | None = None
+    catch_all: _S | None = None
     for server in servers:
         if not server.hostnames and catch_all is None:
             catch_all = server
@@ -53,13 +70,12 @@ def find_server(servers: list[Server], host: str) -> Server:
     return wildcard or catch_all or servers[0]
 
 
-def find_route(server: Server, path: str) -> Route | None:
+def find_route(route_map: dict[str, _R], path: str) -> _R | None:
     """The route with the longest `req_path` that is `path` or a "/"-bounded prefix of it.
 
     "/api" takes "/api", "/api/" and "/api/x" but never "/apix"; a "/" route takes anything.
     `path` should already be percent-decoded and normalised.
     """
-    route_map = server.route_map
     route = route_map.get(path)
     if route is not None:
         return route

@@ -6,8 +6,8 @@ life: the timer bounds the connect, then the wait for response bytes, then the i
 the pool. `UpstreamState` is everything about one `host:port`, shared by every route that
 names it: passive health, the operator's drain flag, counters, and the pool of idle
 keep-alive connections. `UpstreamRegistry` (the core's `upstreams`) holds the states by
-address and the balancer of each reverse_proxy route; the console reads `snapshot()` and calls
-`drain` / `enable`.
+address and makes each reverse_proxy route's balancer over them; the console reads
+`snapshot()` and calls `drain` / `enable`.
 """
 
 from __future__ import annotations
@@ -342,26 +342,21 @@ class UpstreamState:
 
 
 class UpstreamRegistry(dict[str, UpstreamState]):
-    """Every upstream address of the running config, and each reverse_proxy route's balancer."""
+    """Every upstream address of the running config, by "host:port"; `balancer_for` makes a
+    reverse_proxy route's balancer over them."""
 
     def __init__(self, loop: Loop, bus: EventBus) -> None:
         super().__init__()
         self.loop = loop
         self.bus = bus
-        # id(route) -> (route, balancer); the route is kept so an id is never taken for another.
-        self._balancers: dict[int, tuple[Route, Balancer]] = {}
 
     def configure(self, config: Config) -> None:
-        """Match the states and balancers to `config`; states of addresses kept keep their
-        counters, health and drain flag; those of addresses gone lose their idle connections."""
+        """Match the states to `config`; states of addresses kept keep their counters, health
+        and drain flag; those of addresses gone lose their idle connections."""
         seen: dict[str, UpstreamState] = {}
-        balancers: dict[int, tuple[Route, Balancer]] = {}
         for server in config.servers:
             for route in server.routes:
-                if route.type != "reverse_proxy":
-                    continue
-                peers = []
-                for upstream in route.upstreams:
+                for upstream in route.upstreams if route.type == "reverse_proxy" else ():
                     key = upstream_key(upstream.host, upstream.port)
                     state = seen.get(key) or self.get(key)
                     if state is None:
@@ -369,31 +364,23 @@ class UpstreamRegistry(dict[str, UpstreamState]):
                     elif key not in seen:
                         state.resolve()
                     seen[key] = state
-                    peers.append((state, upstream.weight))
-                balancers[id(route)] = (route, Balancer(peers, route.lb_method))
         for key, state in self.items():
             if key not in seen:
                 state.draining = True  # requests in flight finish; nothing is pooled again
                 state.close_idle()
         self.clear()
         self.update(seen)
-        self._balancers = balancers
 
-    def balancer(self, route: Route) -> Balancer:
-        found = self._balancers.get(id(route))
-        if found is None or found[0] is not route:
-            # A route object the registry was not configured with (built by hand): adopt it.
-            peers = []
-            for upstream in route.upstreams:
-                key = upstream_key(upstream.host, upstream.port)
-                state = self.get(key)
-                if state is None:
-                    state = self[key] = UpstreamState(
-                        self.loop, self.bus, upstream.host, upstream.port
-                    )
-                peers.append((state, upstream.weight))
-            found = self._balancers[id(route)] = (route, Balancer(peers, route.lb_method))
-        return found[1]
+    def balancer_for(self, route: Route) -> Balancer:
+        """A balancer over the states of `route`'s upstreams (added if the registry lacks one)."""
+        peers = []
+        for upstream in route.upstreams:
+            key = upstream_key(upstream.host, upstream.port)
+            state = self.get(key)
+            if state is None:
+                state = self[key] = UpstreamState(self.loop, self.bus, upstream.host, upstream.port)
+            peers.append((state, upstream.weight))
+        return Balancer(peers, route.lb_method)
 
     def lookup(self, addr: str) -> UpstreamState:
         state = self.get(addr)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from xps_server.events import EventBus
     from xps_server.http.parser import Request
     from xps_server.http.writer import Response, ResponseWriter
+    from xps_server.network.balancer import Balancer
     from xps_server.network.connection import Connection
     from xps_server.network.output import BodyStream
     from xps_server.network.upstream import UpstreamRegistry
@@ -58,6 +59,14 @@ class Producer(Protocol):
     def responded(self) -> bool: ...  # the final response head went out to the client
 
 
+class RouteSwitches(Protocol):
+    """What the server keeps beside the request's route and a handler reads: the operator's
+    gzip switch (the config's `gzip_enable` until switched) and a proxy route's balancer."""
+
+    gzip_enable: bool
+    balancer: Balancer | None
+
+
 class RouteContext(Protocol):
     """One client connection's view, as a handler sees it (the session implements it)."""
 
@@ -65,6 +74,7 @@ class RouteContext(Protocol):
     core: Services
     conn: Connection
     close_after: bool
+    route_state: RouteSwitches | None  # the request's route's (set before the handler runs)
     upstream: str  # the upstream the latest proxied request used, for the operator
 
     def stream(self, producer: Producer) -> None: ...

@@ -217,6 +217,7 @@ class ProxyStream:
         "conn",
         "connect_timeout",
         "ctx",
+        "gzip",
         "head",
         "keep_alive",
         "loop",
@@ -238,7 +239,10 @@ class ProxyStream:
         self.request = request
         self.route = route
         self.loop = core.loop
-        self.balancer = core.upstreams.balancer(route)
+        switches = ctx.route_state
+        assert switches is not None and switches.balancer is not None
+        self.balancer = switches.balancer
+        self.gzip = switches.gzip_enable  # the operator's switch, as the request came
         timeouts = core.config.timeouts
         connect = route.upstream_connect_timeout
         read = route.upstream_read_timeout
@@ -441,7 +445,7 @@ class ProxyStream:
         from the length we parsed, and our Connection."""
         route = self.route
         gzip_level = None
-        if route.gzip_enable and _gzip_candidate(upstream, route):
+        if self.gzip and _gzip_candidate(upstream, route):
             if accepts_gzip(self.request.headers):
                 gzip_level = route.gzip_level
                 self.ctx.core.stats.gzip_responses += 1

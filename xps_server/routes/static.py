@@ -84,7 +84,9 @@ def _serve_file(
     # From here `fd` (-1, or open on a large file) is sent from or closed by what answers.
     headers = request.headers
     vary = b""
-    if route.gzip_enable and entry.size >= MIN_LENGTH and compressible(entry.mime, route):
+    switches = ctx.route_state
+    assert switches is not None
+    if switches.gzip_enable and entry.size >= MIN_LENGTH and compressible(entry.mime, route):
         vary = VARY  # the identity answers below vary by Accept-Encoding too
         if "range" not in headers and accepts_gzip(headers):
             answer = _gzip(ctx, request, route, entry, fs_path, fd, head_only)

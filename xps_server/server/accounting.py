@@ -2,7 +2,7 @@
 and the refusals of blocked clients.
 
 `Accounting` owns the `TrafficStats` of every route (kept by route key across reloads, handed
-to each `Route` as `route.stats`) and of every upstream (`UpstreamState.stats`), rotates their
+to each route's state as its `stats`) and of every upstream (`UpstreamState.stats`), rotates their
 generations on a loop timer, owns the `TopTalkers` tracker, and turns refused connections into
 rate-limited `connection_refused` events.
 
@@ -25,10 +25,11 @@ from xps_server.toptalkers import TopTalkers
 from xps_server.traffic import GENERATION_SECONDS, TrafficStats
 
 if TYPE_CHECKING:
-    from xps_server.config import Config, Route
+    from xps_server.config import Config
     from xps_server.core.loop import Loop
     from xps_server.events import EventBus
     from xps_server.network.upstream import UpstreamRegistry
+    from xps_server.server.routing import Routing
     from xps_server.server.session import Session
 
 REPORT_SECONDS = 1.0  # how often sessions' counts reach the top-talker tracker
@@ -52,18 +53,14 @@ class Accounting:
         self._timer = loop.timer(self._rotate)
         self._timer.reset(loop.now + GENERATION_SECONDS)
 
-    def configure(
-        self, config: Config, keys: list[tuple[str, Route]], upstreams: UpstreamRegistry
-    ) -> None:
-        """Match the figures to `config`: `keys` pairs each route key with its Route. Figures of
-        routes and upstreams that stay are kept; a new top-talker capacity starts afresh."""
+    def configure(self, config: Config, routing: Routing, upstreams: UpstreamRegistry) -> None:
+        """Match the figures to `config`, giving each route's state its own. Figures of routes
+        (by key) and upstreams that stay are kept; a new top-talker capacity starts afresh."""
         now = self.loop.now
         routes: dict[str, TrafficStats] = {}
-        for key, route in keys:
-            stats = None
+        for key, state in routing.states.items():
             if config.histograms:
-                stats = routes[key] = self.routes.get(key) or TrafficStats(now)
-            route.stats = stats
+                state.stats = routes[key] = self.routes.get(key) or TrafficStats(now)
         self.routes = routes
         for state in upstreams.values():
             if not config.histograms:

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from xps_server.config import Config, ConfigError, Route, load_config
+from xps_server.config import Config, ConfigError, load_config
 from xps_server.core.loop import Loop
 from xps_server.disk.file import FileCache
 from xps_server.disk.gzip import GzipCache
@@ -32,9 +32,10 @@ from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
 from xps_server.server.metrics import Stats, prometheus, snapshot
-from xps_server.server.runtime import Runtime, route_key
+from xps_server.server.routing import RouteState, Routing
+from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
-from xps_server.traffic import TrafficStats
+from xps_server.toptalkers import TopTalkers
 
 log = logging.getLogger("xps.core")
 
@@ -55,12 +56,11 @@ class Core:
         self.bus = EventBus(self.loop)
         # Upstream health, pools and balancers, by "host:port"; shared by routes naming it.
         self.upstreams = UpstreamRegistry(self.loop, self.bus)
-        self.upstreams.configure(config)
         # Per-route and per-upstream figures, and the top talkers; `top` is the tracker, kept
         # here too because every request records into it.
         self.accounting = Accounting(self.loop, self.bus)
-        self.accounting.configure(config, self._route_keys(config), self.upstreams)
-        self.top = self.accounting.top
+        self.top: TopTalkers | None = None
+        self.routing = self._configure(config)
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.sessions: dict[int, Session] = {}
         # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
@@ -74,22 +74,22 @@ class Core:
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
         self.runtime = Runtime(self)
-        self.runtime.attach(config)
+        self.runtime.attach(config, self.routing)
 
     # --- listeners --------------------------------------------------------------------------
     def start(self) -> None:
         """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
         self.listeners = self._bind(self.config, {})
+        self._serve(self.routing)
 
     def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
         """Listeners for `config`, reusing those in `keep`; on failure closes what it opened."""
         bound: dict[tuple[str, int], Listener] = {}
         try:
-            for key, servers in config.listeners().items():
+            for key in config.listeners():
                 listener = keep.get(key)
                 if listener is None:
                     listener = Listener(self.loop, key[0], key[1], self._on_accept)
-                listener.servers = servers
                 bound[key] = listener
         except OSError:
             for key, listener in bound.items():
@@ -97,6 +97,25 @@ class Core:
                     listener.close()
             raise
         return bound
+
+    def _serve(self, routing: Routing) -> None:
+        """Each listener answers with the views of the servers that share it."""
+        for key, views in routing.listeners(self.config).items():
+            self.listeners[key].servers = views
+
+    def _configure(self, config: Config) -> Routing:
+        """The routes of `config` with the state the server keeps for them: the upstreams and
+        each proxy route's balancer, and the traffic figures (the runtime adds the access
+        checks and the operator's gzip switches when it attaches)."""
+        routing = Routing(config)
+        upstreams = self.upstreams
+        upstreams.configure(config)
+        for state in routing.states.values():
+            if state.type == "reverse_proxy":
+                state.balancer = upstreams.balancer_for(state.route)
+        self.accounting.configure(config, routing, upstreams)
+        self.top = self.accounting.top
+        return routing
 
     def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
         stats = self.stats
@@ -214,47 +233,41 @@ class Core:
         elif bus.active:
             bus.skipped += 1
 
-    def deny(self, session: Session, route: Route, path: str) -> None:
+    def deny(self, session: Session, route: RouteState, path: str) -> None:
         """403 for a client the route's ACL or a runtime block refuses."""
         self.stats.acl_denied += 1
         ip = session.conn.peer_ip
         access = route.access
-        reason = access.reason(ip)  # type: ignore[union-attr]
+        assert access is not None
+        reason = access.reason(ip)
         if reason == "blocked":
             # A runtime block: counted against its entry and the client's refusals.
-            self.runtime.blocklist.hit(access.scope, ip)  # type: ignore[union-attr]
+            self.runtime.blocklist.hit(access.scope, ip)
             session.top_refused += 1  # told to the tracker with the session's requests
         if self.bus.active:
             self.bus.publish(AclDenied(time.time(), ip, route.req_path, path, reason))
         session.error(403)
-
-    @staticmethod
-    def _route_keys(config: Config) -> list[tuple[str, Route]]:
-        return [
-            (route_key(index, route.req_path), route)
-            for index, server in enumerate(config.servers)
-            for route in server.routes
-        ]
 
     # --- operator views -----------------------------------------------------------------------
     def routes_snapshot(self) -> list[dict]:
         """Every route of every server, with what the console shows and toggles."""
         rows = []
         now = self.loop.now
-        for index, server in enumerate(self.config.servers):
-            for route in server.routes:
+        for index, view in enumerate(self.routing.views):
+            for state in view.route_map.values():
+                route = state.route
                 rows.append(
                     {
-                        "key": route_key(index, route.req_path),
+                        "key": state.key,
                         "server": index,
-                        "hostnames": list(server.hostnames),
+                        "hostnames": list(view.hostnames),
                         "req_path": route.req_path,
                         "type": route.type,
-                        "gzip": route.gzip_enable,
+                        "gzip": state.gzip_enable,
                         "ip_whitelist": list(route.ip_whitelist),
                         "ip_blacklist": list(route.ip_blacklist),
                         "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
-                        **_traffic(route.stats, now),
+                        **(state.stats.summary(now) if state.stats is not None else {}),
                     }
                 )
         return rows
@@ -329,10 +342,9 @@ class Core:
         self.config = config
         self.writer = ResponseWriter(config.server_name)
         self.files.clear()
-        self.upstreams.configure(config)
-        self.accounting.configure(config, self._route_keys(config), self.upstreams)
-        self.top = self.accounting.top
-        self.runtime.attach(config)
+        self.routing = self._configure(config)
+        self.runtime.attach(config, self.routing)
+        self._serve(self.routing)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
             if old_log is not None:
@@ -373,8 +385,3 @@ class Core:
         self.accounting.close()
         self.upstreams.close()
         self.loop.close()
-
-
-def _traffic(stats: object, now: float) -> dict:
-    """A route's or upstream's traffic figures for a snapshot row ({} when histograms are off)."""
-    return stats.summary(now) if isinstance(stats, TrafficStats) else {}

@@ -31,25 +31,22 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xps_server.policy.acl import NetSet, build_access, compile_lists, parse_network, peer_forms
+from xps_server.config.routes import route_key
+from xps_server.policy.acl import NetSet, build_access, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
 from xps_server.server.state import load_state
 from xps_server.server.state_writer import Durable, StateWriter
 
 if TYPE_CHECKING:
-    from xps_server.config import Config, Route
+    from xps_server.config import Config
     from xps_server.server.core import Core
+    from xps_server.server.routing import RouteState, Routing
 
 log = logging.getLogger("xps.runtime")
 
 
 class CommandError(ValueError):
     """An operator command that cannot be applied; the message says why."""
-
-
-def route_key(server_index: int, req_path: str) -> str:
-    """How operators name a route: its req_path, prefixed by the server index past the first."""
-    return req_path if server_index == 0 else f"{server_index}:{req_path}"
 
 
 class Runtime:
@@ -59,12 +56,10 @@ class Runtime:
         self.core = core
         self.blocklist = BlockList()
         self.gzip_overrides: dict[str, bool] = {}
-        self._config_gzip: dict[str, bool] = {}  # gzip_enable as the config file has it
         # Upstream addresses the operator drained; kept while the config does not name them,
         # so one coming back in a reload comes back drained.
         self.drained: set[str] = set()
-        self._lists: dict[int, tuple] = {}  # id(route) -> its compiled config lists
-        self._routes: dict[str, Route] = {}  # route key -> route of the running config
+        self._states: dict[str, RouteState] = {}  # route key -> its state, running config
         self._other: dict[str, Any] = {}  # state sections owned by others: kept as they are
         self._timer = core.loop.timer(self._expire)
         self._state_path = core.config.state_file
@@ -72,32 +67,18 @@ class Runtime:
         self._load()
 
     # --- config -------------------------------------------------------------------------------
-    def attach(self, config: Config) -> None:
-        """Compile every route's access check, apply gzip overrides and drains (start and
-        reload; the core's upstream registry is configured for `config` first)."""
-        lists: dict[int, tuple] = {}
-        routes: dict[str, Route] = {}
-        self._config_gzip = {}
-        for index, server in enumerate(config.servers):
-            for route in server.routes:
-                key = route_key(index, route.req_path)
-                found = self._lists.get(id(route))
-                if found is None or found[0] is not route:
-                    found = (route, *compile_lists(route.ip_whitelist, route.ip_blacklist))
-                lists[id(route)] = found
-                routes[key] = route
-                self._config_gzip[key] = route.gzip_enable
-                if key in self.gzip_overrides:
-                    route.gzip_enable = self.gzip_overrides[key]
-        self._lists = lists
-        self._routes = routes
-        for key in routes:
+    def attach(self, config: Config, routing: Routing) -> None:
+        """Give every route its access check and the operator's gzip switch, and apply the
+        drains (start and reload; the core's upstream registry is configured first)."""
+        self._states = routing.states
+        for key, state in routing.states.items():
+            state.gzip_enable = self.gzip_overrides.get(key, state.route.gzip_enable)
             self._refresh_access(key)
         upstreams = self.core.upstreams
         for addr in self.drained:
-            state = upstreams.get(addr)
-            if state is not None:
-                state.drain()  # a no-op for one still draining from before the reload
+            upstream = upstreams.get(addr)
+            if upstream is not None:
+                upstream.drain()  # a no-op for one still draining from before the reload
         if config.state_file != self._state_path:
             # The state now belongs in another file: write it there.
             self._state_path = config.state_file
@@ -106,14 +87,14 @@ class Runtime:
     def _refresh_access(self, key: str | None) -> None:
         """Give the route named `key` the access check its lists and blocks make now. A new
         `Access` each time: its memoised verdicts were taken under the old sets."""
-        route = self._routes.get(key) if key is not None else None
-        if route is None:
+        state = self._states.get(key) if key is not None else None
+        if state is None:
             return  # a global block (checked at accept) or one that outlived its route
-        _, whitelist, blacklist = self._lists[id(route)]
-        route.access = build_access(whitelist, blacklist, self.blocklist.route_sets.get(key), key)
+        blocked = self.blocklist.route_sets.get(key)
+        state.access = build_access(state.whitelist, state.blacklist, blocked, key)
 
-    def resolve(self, key: object) -> tuple[str, Route]:
-        """(canonical key, Route) for a route name; CommandError if there is no such route."""
+    def resolve(self, key: object) -> tuple[str, RouteState]:
+        """(canonical key, state) for a route name; CommandError if there is no such route."""
         if not isinstance(key, str) or not key.strip():
             raise CommandError(f"expected a route such as '/api' or '1:/api', got {key!r}")
         text = key.strip()
@@ -126,11 +107,11 @@ class Runtime:
         servers = self.core.config.servers
         if index >= len(servers):
             raise CommandError(f"unknown route {key!r}: there is no servers[{index}]")
-        route = servers[index].route_map.get(text)
-        if route is None:
+        state = self._states.get(route_key(index, text))
+        if state is None:
             known = ", ".join(route_key(index, r.req_path) for r in servers[index].routes)
             raise CommandError(f"unknown route {key!r} (routes: {known})")
-        return route_key(index, text), route
+        return state.key, state
 
     # --- blocks -------------------------------------------------------------------------------
     def block(self, cidr: object, route: object = None, seconds: object = None) -> dict[str, Any]:
@@ -215,7 +196,7 @@ class Runtime:
         key, found = self.resolve(route)
         if enabled is None:
             self.gzip_overrides.pop(key, None)
-            found.gzip_enable = self._config_gzip.get(key, found.gzip_enable)
+            found.gzip_enable = found.route.gzip_enable
         elif isinstance(enabled, bool):
             self.gzip_overrides[key] = enabled
             found.gzip_enable = enabled
@@ -260,19 +241,18 @@ class Runtime:
         for scope, network in self.blocklist.entries:
             per_route.setdefault(scope, []).append(network)
         rows = []
-        for index, server in enumerate(self.core.config.servers):
-            for route in server.routes:
-                key = route_key(index, route.req_path)
-                blocked = sorted(per_route.get(key, ()))
-                if route.ip_whitelist or route.ip_blacklist or blocked:
-                    rows.append(
-                        {
-                            "route": key,
-                            "ip_whitelist": list(route.ip_whitelist),
-                            "ip_blacklist": list(route.ip_blacklist),
-                            "blocked": blocked,
-                        }
-                    )
+        for key, state in self._states.items():
+            route = state.route
+            blocked = sorted(per_route.get(key, ()))
+            if route.ip_whitelist or route.ip_blacklist or blocked:
+                rows.append(
+                    {
+                        "route": key,
+                        "ip_whitelist": list(route.ip_whitelist),
+                        "ip_blacklist": list(route.ip_blacklist),
+                        "blocked": blocked,
+                    }
+                )
         return rows
 
     # --- persistence --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
     from xps_server.server.core import Core
+    from xps_server.server.routing import RouteState
     from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")
@@ -75,6 +76,7 @@ class Session:
         "request",
         "requests",
         "route",
+        "route_state",
         "route_stats",
         "started",
         "timer",
@@ -101,6 +103,7 @@ class Session:
         self.requests = 0
         self.opened = core.loop.now
         self.route = ""  # req_path of the route that took the latest request
+        self.route_state: RouteState | None = None  # the server's state of that route
         self.route_stats: TrafficStats | None = None  # that route's, when histograms are on
         self.upstream = ""  # the upstream of the latest proxied request
         # The latest finished request, for the operator's detail view.
@@ -375,20 +378,21 @@ class Session:
                 self._unrouted()
                 self.fail(400)
                 return
-        route = find_route(server, path)
-        if route is None:
+        state = find_route(server.route_map, path)
+        if state is None:
             self._unrouted()
             self.error(404)
             return
-        self.route = route.req_path
-        self.route_stats = route.stats
-        access = route.access
+        self.route = state.req_path
+        self.route_state = state
+        self.route_stats = state.stats
+        access = state.access
         if access is not None and not access.allows(self.conn.peer_ip):
-            core.deny(self, route, path)
+            core.deny(self, state, path)
             return
-        stats.req_by_type[route.type] += 1
+        stats.req_by_type[state.type] += 1
         try:
-            response = core.route_handlers[route.type](self, request, route, path)
+            response = core.route_handlers[state.type](self, request, state.route, path)
         except Exception:
             # A bug in a route handler costs this request, never the server.
             log.exception("%s %s failed", request.method, request.target)
@@ -402,6 +406,7 @@ class Session:
     def _unrouted(self) -> None:
         """The answer about to go out belongs to no route (not the previous request's)."""
         self.route = ""
+        self.route_state = None
         self.route_stats = None
 
     # --- responding -------------------------------------------------------------------------
