@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from xps_server.core.pipe import FileSegment
 from xps_server.disk.file import NOT_FOUND_ERRNOS, FileEntry, StaleEntry, failure_status
@@ -90,7 +90,7 @@ def _serve_file(
         vary = VARY  # the identity answers below vary by Accept-Encoding too
         if "range" not in headers and accepts_gzip(headers):
             answer = _gzip(ctx, request, route, entry, fs_path, fd, head_only)
-            if answer is not False:
+            if not isinstance(answer, _Identity):
                 return answer
     if ("if-none-match" in headers or "if-modified-since" in headers) and not_modified(
         headers, entry.etag, entry.mtime
@@ -195,7 +195,7 @@ def _position(digits: str) -> int:
     return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else _PAST_ANY_FILE
 
 
-def parse_range(value: str, size: int) -> tuple[int, int] | bool | None:
+def parse_range(value: str, size: int) -> tuple[int, int] | Literal[False] | None:
     """One `bytes=` range -> (start, end inclusive); None to ignore it; False if unsatisfiable.
 
     RFC 9110 §14.1.2 with ASCII digits only, spaces and tabs allowed around the tokens. Other
@@ -269,6 +269,13 @@ def _range(
 
 
 # --- gzip --------------------------------------------------------------------------------------
+class _Identity:
+    """What `_gzip` says when the identity representation must answer instead."""
+
+
+IDENTITY = _Identity()
+
+
 def _gzip(
     ctx: RouteContext,
     request: Request,
@@ -277,9 +284,9 @@ def _gzip(
     fs_path: str,
     fd: int,
     head_only: bool,
-) -> Response | bool | None:
-    """The gzip variant of a compressible file; False to fall back to identity (`fd` is then
-    still the caller's). None when it streams. `fd` is -1 or a descriptor checked to be the
+) -> Response | _Identity | None:
+    """The gzip variant of a compressible file; IDENTITY to fall back to identity (`fd` is
+    then still the caller's). None when it streams. `fd` is -1 or a descriptor checked to be the
     file `entry` describes; a stream with none yet gets one from `FileCache.reopen`."""
     core = ctx.core
     cache = core.gzip_cache
@@ -308,7 +315,7 @@ def _gzip(
         body = variant.body
         return Response(200, variant.fields, None if head_only else body, len(body))
     if request.version == "1.0":
-        return False  # no chunked framing for HTTP/1.0 and the length is not known yet
+        return IDENTITY  # no chunked framing for HTTP/1.0 and the length is not known yet
     fields = variant_fields(entry, etag)
     if head_only:
         _close(fd)
