@@ -1,7 +1,8 @@
 """Run one server process: start it, wait until its port accepts, stop it, always.
 
 Each server gets its own session (process group), so a Ctrl-C in the terminal reaches only the
-harness, which then stops the servers itself: SIGTERM, then SIGKILL to the whole group.
+harness, which then stops the servers itself: SIGTERM (or the server's own clean-stop signal),
+then SIGKILL to the whole group.
 """
 
 import functools
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -32,6 +34,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+@dataclass(frozen=True)
+class Command:
+    """How to run a server: its command line and what it adds to the environment."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+
 def pin_prefix(cpu: int | None) -> list[str]:
     """``taskset -c CPU`` when pinning, else nothing."""
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
@@ -50,6 +78,8 @@ class Server:
         *,
         nofile: tuple[int, int] | None = None,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name = name
         self.argv = pin_prefix(cpu) + argv
@@ -57,9 +87,11 @@ class Server:
         self.log_path = log_path
         self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE for the process, else inherited
         self.cwd = cwd
+        self.env = env  # added to this process's environment
+        self.stop_signal = stop_signal  # the signal that asks this server to exit cleanly
         self.exit_code: int | None = None
         self.died = False  # exited on its own, before stop() signalled it
-        self.killed = False  # ignored SIGTERM for STOP_TIMEOUT and got SIGKILL
+        self.killed = False  # ignored stop_signal for STOP_TIMEOUT and got SIGKILL
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "Server":
@@ -109,6 +141,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=self.cwd,
+                env=None if self.env is None else os.environ | self.env,
                 preexec_fn=limit_descriptors,
             )
         except (OSError, subprocess.SubprocessError) as e:
@@ -136,13 +169,13 @@ class Server:
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, wait up to timeout, then SIGKILL the process group; records exit_code."""
+        """stop_signal, wait up to timeout, then SIGKILL the process group; records exit_code."""
         proc = self._proc
         if proc is None or self.exit_code is not None:
             return
         self.died = proc.poll() is not None
         if not self.died:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(self.stop_signal)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
