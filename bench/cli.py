@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"concurrent connections for every case but c1000 (default {DEFAULT_CONNECTIONS})",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each server N times, taking turns, and keep its median (default 1)",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--only", metavar="NAME[,NAME]", help="run these cases (see --list)")
     which.add_argument("--all", action="store_true", help="run every case (the default)")
@@ -147,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:
         known = ", ".join(s.name for s in scenarios.SCENARIOS)
         parser.error(f"unknown case {e.args[0]} (known: {known})")
-    if args.duration < 1 or args.connections < 1:
-        parser.error("--duration and --connections must be at least 1")
+    if min(args.duration, args.connections, args.rounds) < 1:
+        parser.error("--duration, --connections and --rounds must be at least 1")
     if args.pin and (problem := _check_pinning()):
         parser.error(problem)
     compared, missing = _peer_binaries(args, parser)
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {
         "cases": [s.name for s in chosen],
         "duration": args.duration,
+        "rounds": args.rounds,
         "connections": args.connections,
         "pin": args.pin,
         "load_tool": wrk or "bench.loadgen",
@@ -169,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"load: {run_info['load_tool']}, {args.connections} connections (c1000: 1,000), "
-        f"{args.duration} s; xps: {args.xps}; peers: "
+        f"{args.duration} s"
+        + (f" x {args.rounds} rounds (median)" if args.rounds > 1 else "")
+        + f"; xps: {args.xps}; peers: "
         f"{', '.join(versions.values()) or 'none'}" + ("; pinned" if args.pin else ""),
         flush=True,
     )
@@ -200,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 duration=args.duration,
                 pin=args.pin,
                 nofile=nofile,
+                rounds=args.rounds,
             )
             for scenario in chosen:
                 results.append(run_scenario(scenario, settings))

@@ -5,7 +5,6 @@ into a command to run. Every peer runs one worker (process or thread) on loopbac
 an access log, as xps-server does.
 """
 
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,13 @@ class Peer:
     find: Callable[[], str | None]  # the binary, or None when not installed
     version: Callable[[str], str]
     command: Callable[[str, Path, str], Command]  # binary, private directory, config text
-    stop_signal: signal.Signals = signal.SIGTERM
+    clean_exits: tuple[int, ...] = (0,)  # its exit codes on SIGTERM that mean a clean stop
 
 
 PEERS: tuple[Peer, ...] = (
     Peer(NGINX, nginx.find_nginx, nginx.version, nginx.command),
     Peer(CADDY, caddy.find_caddy, caddy.version, caddy.command),
-    Peer(HAPROXY, haproxy.find_haproxy, haproxy.version, haproxy.command, haproxy.STOP_SIGNAL),
+    Peer(HAPROXY, haproxy.find_haproxy, haproxy.version, haproxy.command, haproxy.CLEAN_EXITS),
 )
 NAMES = tuple(p.name for p in PEERS)
 

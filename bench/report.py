@@ -98,6 +98,7 @@ def _target_json(result: ScenarioResult, target: TargetResult) -> dict[str, Any]
         "error": target.error,
         "notes": target.notes,
         "load": None if target.load is None else asdict(target.load),
+        "rounds_req_per_sec": target.rounds,
         "xps_ratio": None if target is result.xps else result.ratio_to(target),
     }
 

@@ -9,7 +9,6 @@ import gzip
 import http.client
 import json
 import shutil
-import signal
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -48,6 +47,7 @@ class Settings:
     duration: int
     pin: bool
     nofile: int  # the soft RLIMIT_NOFILE the servers and the load tool inherit
+    rounds: int = 1  # measurements of each server, taking turns; the median one counts
     log_level: str = "warning"
 
     def cpu(self, role: int) -> int | None:
@@ -63,6 +63,7 @@ class TargetResult:
     load: LoadResult | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # req/s of every round, in run order
 
     def rate(self) -> float | None:
         """Requests per second, when the server was measured without error."""
@@ -116,11 +117,11 @@ CommandBuilder = Callable[[Site, int], Command]  # (site, port) -> how to run th
 
 @dataclass(frozen=True)
 class _Contender:
-    """A server measured in a case: how to run it and how to stop it cleanly."""
+    """A server measured in a case: how to run it, and its exit codes on a clean stop."""
 
     name: str
     command: CommandBuilder
-    stop_signal: signal.Signals = signal.SIGTERM
+    clean_exits: tuple[int, ...] = (0,)
 
 
 def run_scenario(scenario: Scenario, settings: Settings) -> ScenarioResult:
@@ -157,9 +158,35 @@ def run_scenario(scenario: Scenario, settings: Settings) -> ScenarioResult:
                 return fail_all(f"backend: {e}")
             site = Site(settings.docroot, backend.port)
             _progress(scenario, "backend", f"{backend.name} on port {backend.port}")
-        for contender in contenders:
-            results[contender.name] = _measure(scenario, settings, site, connections, contender)
+        # Taking turns, round after round, spreads a busy machine's drift over every server.
+        rounds: dict[str, list[TargetResult]] = {c.name: [] for c in contenders}
+        for number in range(1, settings.rounds + 1):
+            for contender in contenders:
+                if settings.rounds > 1:
+                    _progress(scenario, contender.name, f"round {number} of {settings.rounds}")
+                rounds[contender.name].append(
+                    _measure(scenario, settings, site, connections, contender)
+                )
+        for name, measured in rounds.items():
+            results[name] = _median(measured)
     return finish()
+
+
+def _median(measured: list[TargetResult]) -> TargetResult:
+    """The round with the median req/s (the lower middle one of an even count), its notes
+    joined by every other round's; any round's error stands for the whole server."""
+    notes = [note for result in measured for note in result.notes]
+    failed = [result for result in measured if result.error]
+    if failed:
+        chosen = failed[0]
+    else:
+        ordered = sorted(measured, key=lambda result: result.rate() or 0.0)
+        chosen = ordered[(len(ordered) - 1) // 2]
+    return replace(
+        chosen,
+        notes=list(dict.fromkeys(notes)),
+        rounds=[r.load.requests_per_sec for r in measured if r.load is not None],
+    )
 
 
 def _peer_contender(scenario: Scenario, settings: Settings, name: str) -> _Contender:
@@ -168,7 +195,7 @@ def _peer_contender(scenario: Scenario, settings: Settings, name: str) -> _Conte
     config = scenario.peers[name]
     prefix = settings.workdir / f"{name}-{scenario.name}"
     return _Contender(
-        name, lambda site, port: peer.command(binary, prefix, config(site, port)), peer.stop_signal
+        name, lambda site, port: peer.command(binary, prefix, config(site, port)), peer.clean_exits
     )
 
 
@@ -194,7 +221,7 @@ def _measure(
             log,
             settings.cpu(SERVER_CPU),
             env=command.env,
-            stop_signal=contender.stop_signal,
+            clean_exits=contender.clean_exits,
         )
         with server:
             listened = True
@@ -229,7 +256,6 @@ def _measure(
 
 def _check_exit(server: Server, result: TargetResult) -> None:
     """A crash during the run voids it; a bad shutdown is worth a note."""
-    signal_name = server.stop_signal.name
     if server.died:
         message = f"{server.name} exited (code {server.exit_code}) during the run"
         if result.error is None:
@@ -237,13 +263,9 @@ def _check_exit(server: Server, result: TargetResult) -> None:
         else:
             result.notes.append(message)
     elif server.killed:
-        result.notes.append(
-            f"{server.name} ignored {signal_name} for {STOP_TIMEOUT:g} s and was killed"
-        )
-    elif server.exit_code != 0:
-        result.notes.append(
-            f"{server.name} exited with code {server.exit_code} on {signal_name}, not 0"
-        )
+        result.notes.append(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT:g} s and was killed")
+    elif server.exit_code not in server.clean_exits:
+        result.notes.append(f"{server.name} exited with code {server.exit_code} on SIGTERM")
 
 
 def _report_progress(scenario: Scenario, result: TargetResult) -> None:

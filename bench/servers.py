@@ -1,8 +1,7 @@
 """Run one server process: start it, wait until its port accepts, stop it, always.
 
 Each server gets its own session (process group), so a Ctrl-C in the terminal reaches only the
-harness, which then stops the servers itself: SIGTERM (or the server's own clean-stop signal),
-then SIGKILL to the whole group.
+harness, which then stops the servers itself: SIGTERM, then SIGKILL to the whole group.
 """
 
 import functools
@@ -79,7 +78,7 @@ class Server:
         nofile: tuple[int, int] | None = None,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
-        stop_signal: signal.Signals = signal.SIGTERM,
+        clean_exits: tuple[int, ...] = (0,),
     ) -> None:
         self.name = name
         self.argv = pin_prefix(cpu) + argv
@@ -88,10 +87,10 @@ class Server:
         self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE for the process, else inherited
         self.cwd = cwd
         self.env = env  # added to this process's environment
-        self.stop_signal = stop_signal  # the signal that asks this server to exit cleanly
+        self.clean_exits = clean_exits  # exit codes (Popen's) that mean it stopped as asked
         self.exit_code: int | None = None
         self.died = False  # exited on its own, before stop() signalled it
-        self.killed = False  # ignored stop_signal for STOP_TIMEOUT and got SIGKILL
+        self.killed = False  # ignored SIGTERM for STOP_TIMEOUT and got SIGKILL
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "Server":
@@ -169,13 +168,13 @@ class Server:
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """stop_signal, wait up to timeout, then SIGKILL the process group; records exit_code."""
+        """SIGTERM, wait up to timeout, then SIGKILL the process group; records exit_code."""
         proc = self._proc
         if proc is None or self.exit_code is not None:
             return
         self.died = proc.poll() is not None
         if not self.died:
-            proc.send_signal(self.stop_signal)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
