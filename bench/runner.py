@@ -2,7 +2,8 @@
 
 For each server: write its config, start it on a free loopback port, wait until it accepts,
 check one response (status, encoding, body), warm up for a second, measure, stop it. Any
-failure becomes that server's error; the run goes on with the next server and case.
+failure becomes that server's error; the run goes on with the next server and case. With
+several rounds the servers take turns, round after round, and each one's median round counts.
 """
 
 import gzip
@@ -158,7 +159,7 @@ def run_scenario(scenario: Scenario, settings: Settings) -> ScenarioResult:
                 return fail_all(f"backend: {e}")
             site = Site(settings.docroot, backend.port)
             _progress(scenario, "backend", f"{backend.name} on port {backend.port}")
-        # Taking turns, round after round, spreads a busy machine's drift over every server.
+        # Taking turns spreads a busy machine's drift over every server.
         rounds: dict[str, list[TargetResult]] = {c.name: [] for c in contenders}
         for number in range(1, settings.rounds + 1):
             for contender in contenders:
