@@ -13,7 +13,7 @@ from bench.servers import pin_prefix
 _REPO = Path(__file__).resolve().parent.parent
 _GRACE = 30.0  # seconds a load run may overrun its duration before it is killed
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}  # wrk: base 1024
-_TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}  # wrk latency units
 
 
 class LoadError(Exception):
@@ -92,7 +92,8 @@ def _run_wrk(spec: LoadSpec, wrk: str) -> LoadResult:
 def parse_wrk(output: str) -> LoadResult:
     """Read rates, the 99th percentile latency and errors from wrk's report."""
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)$", output, re.M)
+    # A unit of one letter comes with a space after it ("1.35s "), lining up with the others.
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)
     tps = re.search(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)", output, re.M)
     total = re.search(r"^\s*(\d+) requests in ", output, re.M)
     if not (rps and tps and total):
