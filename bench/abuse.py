@@ -71,9 +71,9 @@ from types import FrameType
 from typing import Any
 
 from bench.cli import default_xps
-from bench.console_keys import client_socket, raise_nofile, response_complete
+from bench.console_keys import client_socket, response_complete
 from bench.fixtures import KIB, write_fixtures
-from bench.servers import STOP_TIMEOUT, Server, ServerError, free_port
+from bench.servers import STOP_TIMEOUT, Server, ServerError, free_port, raise_nofile
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("emfile", "pipeline")

@@ -1,7 +1,7 @@
-"""``python -m bench``: choose scenarios and tools, run them, print the table, save the JSON.
+"""``python -m bench``: choose cases and peers, run them, print the table, save the JSON.
 
-Exit code: 0 when every scenario passes (or has no nginx to compare with), 1 when one fails
-or errs, 2 for bad options, 130 when interrupted.
+Exit code: 0 when every case passes its budget (or has no peer to compare with), 1 when one
+fails or errs, 2 for bad options, 130 when interrupted.
 """
 
 import argparse
@@ -13,11 +13,14 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import load, nginx, report, scenarios
+from bench import load, peers, report, scenarios
 from bench.fixtures import write_fixtures
+from bench.nginx import find_nginx
 from bench.runner import LOAD_CPU, SERVER_CPU, ScenarioResult, Settings, run_scenario
+from bench.servers import raise_nofile
 
 _REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONNECTIONS = 32
 
 
 def default_xps() -> str:
@@ -31,7 +34,11 @@ def default_xps() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark xps-server side by side with nginx against the SPEC §6 budgets.",
+        description=(
+            "Benchmark xps-server side by side with the best peer that does the same job "
+            "(nginx, Caddy, HAProxy; one worker each), case by case, against each case's "
+            "budget: xps req/s at least a set fraction of the best peer's (see --list)."
+        ),
     )
     parser.add_argument(
         "--duration", type=int, default=10, metavar="SECONDS", help="per measurement (default 10)"
@@ -39,17 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connections",
         type=int,
-        default=50,
+        default=DEFAULT_CONNECTIONS,
         metavar="N",
-        help="concurrent connections (default 50)",
+        help=f"concurrent connections for every case but c1000 (default {DEFAULT_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each server N times, taking turns, and keep its median (default 1)",
     )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--only", metavar="NAME[,NAME]", help="run these scenarios (see --list)")
-    which.add_argument(
-        "--all", action="store_true", help="run every scenario, also those needing features"
+    which.add_argument("--only", metavar="NAME[,NAME]", help="run these cases (see --list)")
+    which.add_argument("--all", action="store_true", help="run every case (the default)")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    compared = parser.add_mutually_exclusive_group()
+    compared.add_argument(
+        "--peers",
+        metavar="NAME[,NAME]",
+        help=f"compare with these peers only ({', '.join(peers.NAMES)}; default: all installed)",
     )
-    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    parser.add_argument("--no-nginx", action="store_true", help="measure xps-server only")
+    compared.add_argument(
+        "--no-peers", "--no-nginx", action="store_true", help="measure xps-server only"
+    )
     parser.add_argument(
         "--xps",
         default=default_xps(),
@@ -68,18 +88,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
+    width = max(len(s.name) for s in scenarios.SCENARIOS)
     for s in scenarios.SCENARIOS:
-        needs = f"  [needs: {', '.join(s.requires)}]" if s.requires else ""
-        budget = f"xps >= {s.budget:g} x nginx {s.metric.value}"
-        print(f"{s.name:<10}  {s.description}; {budget}{needs}")
+        connections = f"{s.connections:,} connections" if s.connections else "--connections"
+        print(
+            f"{s.name:<{width}}  {s.description}; {connections}; "
+            f"xps req/s >= {s.budget:g} x the best of {', '.join(s.peers)}"
+        )
 
 
 def _selected(args: argparse.Namespace) -> list[scenarios.Scenario]:
-    if args.all:
-        return list(scenarios.SCENARIOS)
     if args.only:
         return scenarios.by_name([n.strip() for n in args.only.split(",") if n.strip()])
-    return list(scenarios.DEFAULT)
+    return list(scenarios.SCENARIOS)
+
+
+def _peer_binaries(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[dict[str, str], list[str]]:
+    """The peers to compare (name -> binary), and the default ones that are not installed."""
+    if args.no_peers:
+        return {}, []
+    if args.peers is None:
+        wanted = list(peers.NAMES)
+    else:
+        wanted = [n.strip() for n in args.peers.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in peers.NAMES]
+        if unknown:
+            parser.error(f"unknown peer {', '.join(unknown)} (known: {', '.join(peers.NAMES)})")
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for name in wanted:
+        binary = peers.by_name(name).find()
+        if binary is None:
+            missing.append(name)
+        else:
+            found[name] = binary
+    if missing and args.peers is not None:
+        parser.error(f"not installed: {', '.join(missing)} (apt-get install -y {missing[0]})")
+    return found, missing
 
 
 def _check_pinning() -> str | None:
@@ -106,32 +153,42 @@ def main(argv: list[str] | None = None) -> int:
         chosen = _selected(args)
     except KeyError as e:
         known = ", ".join(s.name for s in scenarios.SCENARIOS)
-        parser.error(f"unknown scenario {e.args[0]} (known: {known})")
-    if args.duration < 1 or args.connections < 1:
-        parser.error("--duration and --connections must be at least 1")
+        parser.error(f"unknown case {e.args[0]} (known: {known})")
+    if min(args.duration, args.connections, args.rounds) < 1:
+        parser.error("--duration, --connections and --rounds must be at least 1")
     if args.pin and (problem := _check_pinning()):
         parser.error(problem)
-    nginx_bin = nginx.find_nginx()
+    compared, missing = _peer_binaries(args, parser)
+    versions = {name: peers.by_name(name).version(binary) for name, binary in compared.items()}
     wrk = None if args.loadgen else load.find_wrk()
-    compare = nginx_bin is not None and not args.no_nginx
+    nofile = raise_nofile()  # c1000 needs more than the usual 1024, for servers and wrk alike
+    load_average = os.getloadavg()
     run_info = {
-        "scenarios": [s.name for s in chosen],
+        "cases": [s.name for s in chosen],
         "duration": args.duration,
+        "rounds": args.rounds,
         "connections": args.connections,
         "pin": args.pin,
         "load_tool": wrk or "bench.loadgen",
         "xps": args.xps,
-        "nginx": nginx_bin if compare else None,
-        "nginx_version": nginx.version(nginx_bin) if compare and nginx_bin else None,
+        "peers": {name: {"binary": compared[name], "version": versions[name]} for name in compared},
+        "nofile": nofile,
+        "load_average_at_start": load_average,
     }
     print(
-        f"load: {run_info['load_tool']}, {args.connections} connections, {args.duration} s; "
-        f"xps: {args.xps}; nginx: {run_info['nginx_version'] or 'not compared'}"
-        + ("; pinned" if args.pin else ""),
+        f"load: {run_info['load_tool']}, {args.connections} connections (c1000: 1,000), "
+        f"{args.duration} s"
+        + (f" x {args.rounds} rounds (median)" if args.rounds > 1 else "")
+        + f"; xps: {args.xps}; peers: "
+        f"{', '.join(versions.values()) or 'none'}" + ("; pinned" if args.pin else ""),
         flush=True,
     )
-    if not compare and not args.no_nginx:
-        print("nginx not found (PATH, /usr/sbin/nginx): measuring xps-server only", flush=True)
+    print(
+        "load average: " + " ".join(f"{n:.2f}" for n in load_average) + f"; {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    if missing:
+        print(f"not installed, not compared: {', '.join(missing)}", flush=True)
 
     signal.signal(signal.SIGTERM, _interrupt)
     results: list[ScenarioResult] = []
@@ -146,12 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                 workdir=workdir,
                 docroot=docroot,
                 xps=args.xps,
-                nginx=nginx_bin,
-                compare_nginx=compare,
+                peers=compared,
+                backend_nginx=find_nginx(),
                 wrk=wrk,
                 connections=args.connections,
                 duration=args.duration,
                 pin=args.pin,
+                nofile=nofile,
+                rounds=args.rounds,
             )
             for scenario in chosen:
                 results.append(run_scenario(scenario, settings))
@@ -161,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(report.table(results))
+    print("load average: " + " ".join(f"{n:.2f}" for n in os.getloadavg()))
     path = report.write_json(results, run_info)
     print(f"\nresults: {path}")
     if interrupted:

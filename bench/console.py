@@ -1,6 +1,6 @@
 """``python -m bench.console``: the 1 KiB keep-alive figure headless vs with the console on.
 
-SPEC §6: with the console attached and events flowing, xps keeps at least 80% of its
+Budget: with the console attached and events flowing, xps keeps at least 80% of its
 headless requests/s. Three runs on the same files and config (with a control socket):
 headless `xps-server`; `xps-server` with `xps-console --attach` subscribed to its events;
 and `xps-console CONFIG`, the embedded mode `make run` uses (server thread and UI in one

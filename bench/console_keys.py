@@ -42,7 +42,6 @@ import math
 import multiprocessing as mp
 import random
 import re
-import resource
 import selectors
 import shutil
 import signal
@@ -56,6 +55,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as PipeEnd
 from pathlib import Path
 from typing import Any
+
+from bench.servers import raise_nofile
 
 BUDGET_MS = 150.0
 SIZE = (160, 50)
@@ -86,24 +87,6 @@ DIALOG_CLOSERS = frozenset(("escape", "n"))  # pressed only once their dialog is
 
 
 # --- shared helpers -------------------------------------------------------------------------
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            target = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            target = 1 << 20
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (OSError, ValueError):
-            pass
-    return soft
-
-
 def helper_setup() -> None:
     """In a helper process: the parent stops it (a Ctrl-C reaches the whole process group)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

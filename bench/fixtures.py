@@ -1,5 +1,6 @@
 """The files every scenario serves, written once per run into the temporary document root."""
 
+import gzip
 import os
 import random
 from pathlib import Path
@@ -33,7 +34,13 @@ def _text(size: int) -> bytes:
 
 
 def write_fixtures(docroot: Path) -> None:
-    """Write ``1k.txt``, ``1m.bin`` (random) and ``1m.txt`` (compressible text) into docroot."""
+    """Write the files every case serves into docroot.
+
+    ``1k.txt``, ``1m.bin`` (random), ``1m.txt`` (compressible text), and ``1m.txt.gz``: 1m.txt
+    compressed at level 6, as xps is configured to, for the peers serving precompressed files.
+    """
+    text = _text(MIB)
     (docroot / "1k.txt").write_bytes(_text(KIB))
     (docroot / "1m.bin").write_bytes(os.urandom(MIB))
-    (docroot / "1m.txt").write_bytes(_text(MIB))
+    (docroot / "1m.txt").write_bytes(text)
+    (docroot / "1m.txt.gz").write_bytes(gzip.compress(text, compresslevel=6, mtime=0))

@@ -13,6 +13,7 @@ from bench.servers import pin_prefix
 _REPO = Path(__file__).resolve().parent.parent
 _GRACE = 30.0  # seconds a load run may overrun its duration before it is killed
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}  # wrk: base 1024
+_TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}  # wrk latency units
 
 
 class LoadError(Exception):
@@ -33,12 +34,13 @@ class LoadSpec:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """Rates and error counts of one run; bytes include response headers."""
+    """Rates, tail latency and error counts of one run; bytes include response headers."""
 
     tool: str
     requests: int
     requests_per_sec: float
     bytes_per_sec: float
+    latency_p99_ms: float | None  # from writing a request to reading its whole response
     bad_status: int
     socket_errors: int
 
@@ -80,6 +82,7 @@ def _execute(spec: LoadSpec, tool: str, argv: list[str], cwd: Path | None = None
 
 def _run_wrk(spec: LoadSpec, wrk: str) -> LoadResult:
     argv = [wrk, "-t1", f"-c{spec.connections}", f"-d{spec.duration}s", "--timeout", "5s"]
+    argv.append("--latency")
     for header in spec.headers:
         argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{spec.port}{spec.path}")
@@ -87,8 +90,10 @@ def _run_wrk(spec: LoadSpec, wrk: str) -> LoadResult:
 
 
 def parse_wrk(output: str) -> LoadResult:
-    """Read rates and errors from wrk's report."""
+    """Read rates, the 99th percentile latency and errors from wrk's report."""
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    # A unit of one letter comes with a space after it ("1.35s "), lining up with the others.
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)
     tps = re.search(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)", output, re.M)
     total = re.search(r"^\s*(\d+) requests in ", output, re.M)
     if not (rps and tps and total):
@@ -102,6 +107,7 @@ def parse_wrk(output: str) -> LoadResult:
         requests=int(total.group(1)),
         requests_per_sec=float(rps.group(1)),
         bytes_per_sec=float(tps.group(1)) * _UNITS[tps.group(2)],
+        latency_p99_ms=float(p99.group(1)) * _TIME_UNITS_MS[p99.group(2)] if p99 else None,
         bad_status=int(bad.group(1)) if bad else 0,
         socket_errors=sum(int(n) for n in sock.groups()) if sock else 0,
     )
@@ -119,6 +125,7 @@ def _run_loadgen(spec: LoadSpec) -> LoadResult:
         requests=totals["requests"],
         requests_per_sec=totals["requests"] / seconds,
         bytes_per_sec=totals["bytes"] / seconds,
+        latency_p99_ms=totals["latency_p99_ms"],
         bad_status=totals["bad_status"],
         socket_errors=totals["socket_errors"],
     )

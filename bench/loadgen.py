@@ -4,7 +4,7 @@ N keep-alive connections on raw non-blocking sockets driven by one selector; eac
 sends a GET, reads the whole response (Content-Length, chunked, or until close), then sends
 the next one: no pipelining. Run it as its own process so it never shares a GIL with the
 harness or a server: ``python -m bench.loadgen --port P --path /1k.txt``; it prints one JSON
-object: requests, bytes, seconds, bad_status, socket_errors.
+object: requests, bytes, seconds, latency_p99_ms, bad_status, socket_errors.
 """
 
 import argparse
@@ -137,6 +137,7 @@ class Totals:
     requests: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    latency_p99_ms: float | None = None  # None: no response completed
     bad_status: int = 0
     socket_errors: int = 0
 
@@ -146,6 +147,7 @@ class _Conn:
         self.sock = sock
         self.connecting = True
         self.reader = ResponseReader()
+        self.sent_at = 0.0  # monotonic time the current request was sent
 
 
 class LoadClient:
@@ -162,6 +164,7 @@ class LoadClient:
         self._sel = selectors.DefaultSelector()
         self._buf = bytearray(_RECV_SIZE)
         self._retry_at = 0.0  # no new connection before this monotonic time
+        self._latencies: list[float] = []  # seconds, one per completed response
 
     def run(self, duration: float) -> Totals:
         """Generate load for duration seconds and return the totals."""
@@ -179,6 +182,10 @@ class LoadClient:
                 else:
                     self._on_readable(conn)
         self.totals.seconds = time.monotonic() - start
+        if self._latencies:
+            self._latencies.sort()
+            rank = min(len(self._latencies) - 1, int(len(self._latencies) * 0.99))
+            self.totals.latency_p99_ms = self._latencies[rank] * 1000.0
         for key in list(self._sel.get_map().values()):
             self._close(key.data)
         self._sel.close()
@@ -208,6 +215,7 @@ class LoadClient:
 
     def _send(self, conn: _Conn) -> None:
         # A request is far smaller than an empty socket buffer: one send() takes it whole.
+        conn.sent_at = time.monotonic()
         try:
             if conn.sock.send(self.request) != len(self.request):
                 raise OSError("short send")
@@ -245,6 +253,7 @@ class LoadClient:
 
     def _count(self, conn: _Conn) -> None:
         self.totals.requests += 1
+        self._latencies.append(time.monotonic() - conn.sent_at)
         if not 200 <= conn.reader.status < 300:
             self.totals.bad_status += 1
 

@@ -1,4 +1,4 @@
-"""nginx as the reference: a self-contained config under a private prefix.
+"""nginx as a peer (and as the proxy case's backend): a self-contained config under a prefix.
 
 Everything nginx writes (pid, error log, temp dirs) lives under the prefix, so it runs as any
 user without touching /etc or /var. One worker, foreground, no access log, sendfile on.
@@ -10,6 +10,8 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
+
+from bench.servers import Command
 
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -73,6 +75,7 @@ http {{
     return conf
 
 
-def argv(nginx: str, prefix: Path, conf: Path) -> list[str]:
-    """The command line that runs nginx in the foreground on conf."""
-    return [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
+def command(nginx: str, prefix: Path, http_body: str) -> Command:
+    """Write the config under prefix; the command that runs nginx on it in the foreground."""
+    conf = write_config(prefix, http_body)
+    return Command([nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")])

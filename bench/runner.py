@@ -1,50 +1,54 @@
-"""Run one scenario: its backend if it needs one, then each server in turn.
+"""Run one case: its backend if it needs one, then xps-server and each peer in turn.
 
 For each server: write its config, start it on a free loopback port, wait until it accepts,
 check one response (status, encoding, body), warm up for a second, measure, stop it. Any
-failure becomes that server's error; the run goes on with the next server and scenario.
+failure becomes that server's error; the run goes on with the next server and case. With
+several rounds the servers take turns, round after round, and each one's median round counts.
 """
 
 import gzip
 import http.client
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench import nginx
+from bench import nginx, peers
 from bench.load import LoadError, LoadResult, LoadSpec, run_load
-from bench.scenarios import Metric, Scenario, Site, nginx_static_http, xps_config, xps_static_config
-from bench.servers import STOP_TIMEOUT, Server, ServerError, free_port
+from bench.scenarios import Scenario, Site, nginx_static_http, xps_config, xps_static_config
+from bench.servers import STOP_TIMEOUT, Command, Server, ServerError, free_port
 
 WARMUP_SECONDS = 1
 _PROBE_TIMEOUT = 10.0
+# Descriptors a process needs beyond one per connection (listeners, logs, files, epoll).
+_SPARE_DESCRIPTORS = 64
 SERVER_CPU = 0
 LOAD_CPU = 1  # also the proxy backend's: the server under test keeps its core to itself
 
 XPS = "xps"
-NGINX = "nginx"
 
 
 class ProbeError(Exception):
-    """The server answered the scenario's request wrongly; measuring it would mean nothing."""
+    """The server answered the case's request wrongly; measuring it would mean nothing."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a run needs besides the scenario."""
+    """Everything a run needs besides the case."""
 
     workdir: Path
     docroot: Path
     xps: str
-    nginx: str | None
-    compare_nginx: bool  # only when nginx was found and not disabled
+    peers: Mapping[str, str]  # the peers compared: name -> binary
+    backend_nginx: str | None  # serves the proxy case's backend; None: xps-server does
     wrk: str | None
-    connections: int
+    connections: int  # for the cases that do not set their own
     duration: int
     pin: bool
+    nofile: int  # the soft RLIMIT_NOFILE the servers and the load tool inherit
+    rounds: int = 1  # measurements of each server, taking turns; the median one counts
     log_level: str = "warning"
 
     def cpu(self, role: int) -> int | None:
@@ -54,45 +58,54 @@ class Settings:
 
 @dataclass
 class TargetResult:
-    """One server's outcome in one scenario."""
+    """One server's outcome in one case."""
 
     name: str
     load: LoadResult | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # req/s of every round, in run order
 
-    def value(self, metric: Metric) -> float | None:
-        """The measured rate the budget compares, if there is one."""
-        if self.load is None:
+    def rate(self) -> float | None:
+        """Requests per second, when the server was measured without error."""
+        if self.load is None or self.error:
             return None
-        return self.load.requests_per_sec if metric is Metric.RPS else self.load.bytes_per_sec
+        return self.load.requests_per_sec
 
 
 @dataclass
 class ScenarioResult:
-    """Both servers' outcomes and the verdict against the budget."""
+    """Every server's outcome in one case, and the verdict against the budget."""
 
     scenario: Scenario
+    connections: int
     xps: TargetResult
-    nginx: TargetResult | None  # None: nginx not compared
+    peers: list[TargetResult]  # empty: no peer compared
 
-    @property
-    def ratio(self) -> float | None:
-        """xps / nginx on the scenario's metric."""
-        if self.nginx is None or self.xps.error or self.nginx.error:
-            return None
-        ours = self.xps.value(self.scenario.metric)
-        theirs = self.nginx.value(self.scenario.metric)
+    def best_peer(self) -> TargetResult | None:
+        """The peer with the most requests per second (None when no peer has a rate)."""
+        rated = [p for p in self.peers if p.rate() is not None]
+        return max(rated, key=lambda p: p.rate() or 0.0, default=None)
+
+    def ratio_to(self, peer: TargetResult | None) -> float | None:
+        """xps req/s / peer req/s, when both were measured."""
+        ours = self.xps.rate()
+        theirs = None if peer is None else peer.rate()
         if ours is None or not theirs:
             return None
         return ours / theirs
 
     @property
+    def ratio(self) -> float | None:
+        """xps / the best peer, in requests per second."""
+        return self.ratio_to(self.best_peer())
+
+    @property
     def verdict(self) -> str:
-        """PASS / FAIL against the budget; ERROR if either side failed; n/a without nginx."""
-        if self.xps.error or (self.nginx is not None and self.nginx.error):
+        """PASS / FAIL against the budget; ERROR if any server failed; n/a with no peer."""
+        if self.xps.error or any(p.error for p in self.peers):
             return "ERROR"
-        if self.nginx is None:
+        if not self.peers:
             return "n/a"
         ratio = self.ratio
         if ratio is None:
@@ -100,35 +113,91 @@ class ScenarioResult:
         return "PASS" if ratio >= self.scenario.budget else "FAIL"
 
 
-ArgvBuilder = Callable[[Site, int], list[str]]
+CommandBuilder = Callable[[Site, int], Command]  # (site, port) -> how to run the server
+
+
+@dataclass(frozen=True)
+class _Contender:
+    """A server measured in a case: how to run it, and its exit codes on a clean stop."""
+
+    name: str
+    command: CommandBuilder
+    clean_exits: tuple[int, ...] = (0,)
 
 
 def run_scenario(scenario: Scenario, settings: Settings) -> ScenarioResult:
-    """Measure xps, then nginx (when compared), on one scenario."""
-    names = [XPS, NGINX] if settings.compare_nginx else [XPS]
-    builders: dict[str, ArgvBuilder] = {
-        XPS: lambda site, port: _xps_argv(scenario, settings, site, port),
-        NGINX: lambda site, port: _nginx_argv(scenario, settings, site, port),
-    }
+    """Measure xps, then each peer of the case that this run compares."""
+    connections = scenario.connections or settings.connections
+    contenders = [_Contender(XPS, lambda site, port: _xps_command(scenario, settings, site, port))]
+    contenders += [
+        _peer_contender(scenario, settings, name)
+        for name in scenario.peers
+        if name in settings.peers
+    ]
     results: dict[str, TargetResult] = {}
+
+    def finish() -> ScenarioResult:
+        measured = [results[c.name] for c in contenders]
+        return ScenarioResult(scenario, connections, measured[0], measured[1:])
+
+    def fail_all(problem: str) -> ScenarioResult:
+        _progress(scenario, "all servers", f"ERROR {problem}")
+        for contender in contenders:
+            results[contender.name] = TargetResult(contender.name, error=problem)
+        return finish()
+
+    # A proxy holds two descriptors per connection: the client's and the upstream's.
+    needed = connections * (2 if scenario.needs_backend else 1) + _SPARE_DESCRIPTORS
+    if needed > settings.nofile:
+        return fail_all(f"needs {needed} descriptors, RLIMIT_NOFILE allows {settings.nofile}")
     with ExitStack() as stack:
         site = Site(settings.docroot)
         if scenario.needs_backend:
             try:
                 backend = stack.enter_context(_backend(settings, scenario.name))
             except ServerError as e:
-                for name in names:
-                    results[name] = TargetResult(name, error=f"backend: {e}")
-                return _result(scenario, results)
+                return fail_all(f"backend: {e}")
             site = Site(settings.docroot, backend.port)
             _progress(scenario, "backend", f"{backend.name} on port {backend.port}")
-        for name in names:
-            results[name] = _measure(scenario, settings, site, name, builders[name])
-    return _result(scenario, results)
+        # Taking turns spreads a busy machine's drift over every server.
+        rounds: dict[str, list[TargetResult]] = {c.name: [] for c in contenders}
+        for number in range(1, settings.rounds + 1):
+            for contender in contenders:
+                if settings.rounds > 1:
+                    _progress(scenario, contender.name, f"round {number} of {settings.rounds}")
+                rounds[contender.name].append(
+                    _measure(scenario, settings, site, connections, contender)
+                )
+        for name, measured in rounds.items():
+            results[name] = _median(measured)
+    return finish()
 
 
-def _result(scenario: Scenario, results: dict[str, TargetResult]) -> ScenarioResult:
-    return ScenarioResult(scenario, results[XPS], results.get(NGINX))
+def _median(measured: list[TargetResult]) -> TargetResult:
+    """The round with the median req/s (the lower middle one of an even count), its notes
+    joined by every other round's; any round's error stands for the whole server."""
+    notes = [note for result in measured for note in result.notes]
+    failed = [result for result in measured if result.error]
+    if failed:
+        chosen = failed[0]
+    else:
+        ordered = sorted(measured, key=lambda result: result.rate() or 0.0)
+        chosen = ordered[(len(ordered) - 1) // 2]
+    return replace(
+        chosen,
+        notes=list(dict.fromkeys(notes)),
+        rounds=[r.load.requests_per_sec for r in measured if r.load is not None],
+    )
+
+
+def _peer_contender(scenario: Scenario, settings: Settings, name: str) -> _Contender:
+    peer = peers.by_name(name)
+    binary = settings.peers[name]
+    config = scenario.peers[name]
+    prefix = settings.workdir / f"{name}-{scenario.name}"
+    return _Contender(
+        name, lambda site, port: peer.command(binary, prefix, config(site, port)), peer.clean_exits
+    )
 
 
 def _progress(scenario: Scenario, who: str, what: str) -> None:
@@ -136,16 +205,25 @@ def _progress(scenario: Scenario, who: str, what: str) -> None:
 
 
 def _measure(
-    scenario: Scenario, settings: Settings, site: Site, name: str, build: ArgvBuilder
+    scenario: Scenario, settings: Settings, site: Site, connections: int, contender: _Contender
 ) -> TargetResult:
+    name = contender.name
     result = TargetResult(name)
     port = free_port()
     server: Server | None = None
     listened = False
     try:
-        argv = build(site, port)
+        command = contender.command(site, port)
         log = settings.workdir / f"{name}-{scenario.name}.log"
-        server = Server(name, argv, port, log, settings.cpu(SERVER_CPU))
+        server = Server(
+            name,
+            command.argv,
+            port,
+            log,
+            settings.cpu(SERVER_CPU),
+            env=command.env,
+            clean_exits=contender.clean_exits,
+        )
         with server:
             listened = True
             _progress(scenario, name, f"listening on port {port}; checking one response")
@@ -154,7 +232,7 @@ def _measure(
                 port=port,
                 path=scenario.path,
                 headers=scenario.headers,
-                connections=settings.connections,
+                connections=connections,
                 duration=WARMUP_SECONDS,
                 cpu=settings.cpu(LOAD_CPU),
             )
@@ -187,14 +265,16 @@ def _check_exit(server: Server, result: TargetResult) -> None:
             result.notes.append(message)
     elif server.killed:
         result.notes.append(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT:g} s and was killed")
-    elif server.exit_code != 0:
-        result.notes.append(f"{server.name} exited with code {server.exit_code} on SIGTERM, not 0")
+    elif server.exit_code not in server.clean_exits:
+        result.notes.append(f"{server.name} exited with code {server.exit_code} on SIGTERM")
 
 
 def _report_progress(scenario: Scenario, result: TargetResult) -> None:
     if result.load is not None:
         rate = result.load
         summary = f"{rate.requests_per_sec:,.0f} req/s, {rate.bytes_per_sec / 2**20:,.1f} MiB/s"
+        if rate.latency_p99_ms is not None:
+            summary += f", p99 {rate.latency_p99_ms:.2f} ms"
         if rate.errors():
             summary += f" ({rate.errors()})"
         _progress(scenario, result.name, summary)
@@ -237,38 +317,30 @@ def _probe(scenario: Scenario, docroot: Path, port: int) -> None:
         )
 
 
-def _xps_argv(scenario: Scenario, settings: Settings, site: Site, port: int) -> list[str]:
+def _xps_command(scenario: Scenario, settings: Settings, site: Site, port: int) -> Command:
     config = settings.workdir / f"xps-{scenario.name}.json"
     config.write_text(json.dumps(xps_config(scenario, site, port), indent=2))
-    return _xps_command(settings, config)
+    return _xps_run(settings, config)
 
 
-def _xps_command(settings: Settings, config: Path) -> list[str]:
+def _xps_run(settings: Settings, config: Path) -> Command:
     if not (Path(settings.xps).is_file() or shutil.which(settings.xps)):
         raise ServerError(
             f"xps-server not found at {settings.xps}: run `make install`, or pass --xps PATH"
         )
-    return [settings.xps, str(config), "--log-level", settings.log_level]
-
-
-def _nginx_argv(scenario: Scenario, settings: Settings, site: Site, port: int) -> list[str]:
-    assert settings.nginx is not None
-    prefix = settings.workdir / f"nginx-{scenario.name}"
-    conf = nginx.write_config(prefix, scenario.nginx_http(site, port))
-    return nginx.argv(settings.nginx, prefix, conf)
+    return Command([settings.xps, str(config), "--log-level", settings.log_level])
 
 
 def _backend(settings: Settings, scenario_name: str) -> Server:
-    """The proxy scenarios' shared upstream: nginx serving docroot, else xps-server."""
+    """The proxy case's shared upstream: nginx serving docroot, else xps-server."""
     port = free_port()
     site = Site(settings.docroot)
     log = settings.workdir / f"backend-{scenario_name}.log"
-    if settings.nginx is not None:
+    if settings.backend_nginx is not None:
         prefix = settings.workdir / f"backend-{scenario_name}"
-        conf = nginx.write_config(prefix, nginx_static_http(site, port))
-        argv = nginx.argv(settings.nginx, prefix, conf)
-        return Server("nginx backend", argv, port, log, settings.cpu(LOAD_CPU))
+        command = nginx.command(settings.backend_nginx, prefix, nginx_static_http(site, port))
+        return Server("nginx backend", command.argv, port, log, settings.cpu(LOAD_CPU))
     config = settings.workdir / f"backend-{scenario_name}.json"
     config.write_text(json.dumps(xps_static_config(settings.docroot, port), indent=2))
-    argv = _xps_command(settings, config)
-    return Server("xps-server backend", argv, port, log, settings.cpu(LOAD_CPU))
+    command = _xps_run(settings, config)
+    return Server("xps-server backend", command.argv, port, log, settings.cpu(LOAD_CPU))

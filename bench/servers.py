@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -32,6 +33,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+@dataclass(frozen=True)
+class Command:
+    """How to run a server: its command line and what it adds to the environment."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+
 def pin_prefix(cpu: int | None) -> list[str]:
     """``taskset -c CPU`` when pinning, else nothing."""
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
@@ -50,6 +77,8 @@ class Server:
         *,
         nofile: tuple[int, int] | None = None,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        clean_exits: tuple[int, ...] = (0,),
     ) -> None:
         self.name = name
         self.argv = pin_prefix(cpu) + argv
@@ -57,6 +86,8 @@ class Server:
         self.log_path = log_path
         self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE for the process, else inherited
         self.cwd = cwd
+        self.env = env  # added to this process's environment
+        self.clean_exits = clean_exits  # exit codes (Popen's) that mean it stopped as asked
         self.exit_code: int | None = None
         self.died = False  # exited on its own, before stop() signalled it
         self.killed = False  # ignored SIGTERM for STOP_TIMEOUT and got SIGKILL
@@ -109,6 +140,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=self.cwd,
+                env=None if self.env is None else os.environ | self.env,
                 preexec_fn=limit_descriptors,
             )
         except (OSError, subprocess.SubprocessError) as e:
