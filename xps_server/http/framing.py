@@ -31,6 +31,7 @@ __all__ = [
     "head_lines",
     "header_fields",
     "is_chunked",
+    "keeps_alive",
     "parse_content_length",
 ]
 
@@ -199,6 +200,21 @@ def body_framing(headers: dict[str, str]) -> tuple[bool, int]:
         headers["content-length"], content_length = parse_content_length(cl)
         return False, content_length
     return False, -1
+
+
+_CONNECTION_FAST = {"keep-alive": True, "close": False}
+
+
+def keeps_alive(connection: str | None, v11: bool) -> bool:
+    """Whether the connection stays open after a message, by its Connection field and version."""
+    if connection is None:
+        return v11
+    connection = connection.lower()
+    known = _CONNECTION_FAST.get(connection)
+    if known is not None:
+        return known
+    tokens = {t.strip(" \t") for t in connection.split(",")}
+    return "close" not in tokens and (v11 or "keep-alive" in tokens)
 
 
 # The events a subclass adds: its head type, and any of its own.

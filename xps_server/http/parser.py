@@ -32,6 +32,7 @@ from xps_server.http.framing import (
     find_head_end,
     head_lines,
     header_fields,
+    keeps_alive,
 )
 
 __all__ = [
@@ -140,7 +141,6 @@ _COMMON_NAMES = {
     )
     for spelling in (name, name.lower())
 }
-_CONNECTION_FAST = {"keep-alive": True, "close": False}
 
 
 def _request_line(line: str) -> tuple[str, str, str, str, bool, str | None]:
@@ -252,17 +252,7 @@ class RequestParser(MessageParser[Request]):
                 _check_host(url_host)
             host = url_host
 
-        connection = headers.get("connection")
-        if connection is None:
-            keep_alive = v11
-        else:
-            connection = connection.lower()
-            known = _CONNECTION_FAST.get(connection)
-            if known is not None:
-                keep_alive = known
-            else:
-                tokens = {t.strip(" \t") for t in connection.split(",")}
-                keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
+        keep_alive = keeps_alive(headers.get("connection"), v11)
         self._frame_body(chunked, content_length)
         return Request(
             method,

@@ -28,6 +28,7 @@ from xps_server.http.framing import (
     find_head_end,
     head_lines,
     header_fields,
+    keeps_alive,
 )
 
 __all__ = [
@@ -87,7 +88,6 @@ _COMMON_NAMES = {
     )
     for spelling in (name, name.lower())
 }
-_CONNECTION_FAST = {"keep-alive": True, "close": False}
 
 
 class Response:
@@ -209,17 +209,7 @@ class ResponseParser(MessageParser[Response | Closed]):
 
         chunked, content_length = body_framing(headers)
 
-        connection = headers.get("connection")
-        if connection is None:
-            keep_alive = v11
-        else:
-            connection = connection.lower()
-            known = _CONNECTION_FAST.get(connection)
-            if known is not None:
-                keep_alive = known
-            else:
-                tokens = {t.strip(" \t") for t in connection.split(",")}
-                keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
+        keep_alive = keeps_alive(headers.get("connection"), v11)
 
         if status < 200:
             framing = NO_BODY  # informational: the final response's head comes next
