@@ -1,8 +1,8 @@
 """Sans-IO HTTP/1.x response parser: what an upstream answers, as events.
 
-The same machine as the request parser (`MessageParser`: buffer, Content-Length and chunked
-bodies, sticky errors); this module adds the status line and the response framing rules of
-RFC 9112 §6.3: no body for a HEAD request, 1xx, 204 and 304; chunked; Content-Length; else
+The same machine as the request parser (`framing.MessageParser`: buffer, Content-Length and
+chunked bodies, sticky errors); this module owns the status line and the response framing rules
+of RFC 9112 §6.3: no body for a HEAD request, 1xx, 204 and 304; chunked; Content-Length; else
 the body runs until the upstream closes, which the caller reports with `feed_eof`.
 
 Events: `Response` (informational 1xx ones too, each followed by the next head), `Data`,
@@ -12,30 +12,38 @@ problem raises `ParseError` with status 502: a broken upstream is a bad gateway.
 
 from __future__ import annotations
 
-from xps_server.http.parser import (
-    _BODY,
-    _CTL_FIELD,
-    _DONE,
-    _FAILED,
-    _HEAD,
-    _HEAD_END,
+from typing import Final
+
+from xps_server.http.framing import (
     END_OF_MESSAGE,
     NEED_DATA,
+    Data,
+    EndOfMessage,
     MessageParser,
+    NeedData,
     ParseError,
-    _NeedData,
+    Sentinel,
+    body_framing,
+    find_field_control,
+    find_head_end,
     head_lines,
     header_fields,
-    is_chunked,
-    parse_content_length,
+    keeps_alive,
 )
 
 __all__ = [
     "CHUNKED",
     "CLOSED",
+    "END_OF_MESSAGE",
     "LENGTH",
+    "NEED_DATA",
     "NO_BODY",
     "UNTIL_CLOSE",
+    "Closed",
+    "Data",
+    "EndOfMessage",
+    "NeedData",
+    "ParseError",
     "Response",
     "ResponseParser",
 ]
@@ -49,14 +57,13 @@ _UNBOUNDED = 1 << 62
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
 
 
-class _Closed:
-    __slots__ = ()
+class Closed(Sentinel):
+    """The upstream closed the connection between responses."""
 
-    def __repr__(self) -> str:
-        return "CLOSED"
+    CLOSED = 0
 
 
-CLOSED = _Closed()
+CLOSED: Final = Closed.CLOSED
 
 _COMMON_NAMES = {
     spelling: name.lower()
@@ -81,7 +88,6 @@ _COMMON_NAMES = {
     )
     for spelling in (name, name.lower())
 }
-_CONNECTION_FAST = {"keep-alive": True, "close": False}
 
 
 class Response:
@@ -138,7 +144,7 @@ def _status_line(line: str) -> tuple[bool, int, str]:
     return v11, int(code), reason
 
 
-class ResponseParser(MessageParser):
+class ResponseParser(MessageParser[Response | Closed]):
     """Incremental parser for the responses on one upstream connection.
 
     Set `head_request` before the response to a HEAD request: its head says how long the body
@@ -157,34 +163,31 @@ class ResponseParser(MessageParser):
         """The upstream closed: ends a read-to-close body; anything else unfinished is an error."""
         self._eof = True
 
-    def next_event(self) -> object:
+    def next_event(self) -> Response | Data | EndOfMessage | Closed | NeedData:
         try:
             event = MessageParser.next_event(self)
         except ParseError as exc:
             if exc.status == 502:
                 raise
             # The shared checks speak as a server (400, 413): here the upstream is at fault.
-            self._error = ParseError(502, exc.reason)
-            raise self._error from None
+            raise self._fail(ParseError(502, exc.reason)) from None
         if event is NEED_DATA and self._eof:
             return self._at_eof()
         return event
 
-    def _at_eof(self) -> object:
-        if self._state == _BODY and self._until_close:
-            self._state = _HEAD
+    def _at_eof(self) -> EndOfMessage | Closed:
+        # A read-to-close body is still being read: its 2**62 bytes never all come, and a parser
+        # that failed raised before getting here.
+        if self._until_close:
             self._until_close = False
-            return END_OF_MESSAGE
-        if self._state == _HEAD and not self._buf:
+            return self._end_body()
+        if not self.in_message:
             return CLOSED
-        self._state = _FAILED
-        self._error = ParseError(502, "upstream closed the connection mid-response")
-        self._buf.clear()
-        raise self._error
+        raise self._fail(ParseError(502, "upstream closed the connection mid-response"))
 
-    def _head(self) -> Response | _NeedData:
+    def _head(self) -> Response | NeedData:
         buf = self._buf
-        m = _HEAD_END(buf, self._scan)
+        m = find_head_end(buf, self._scan)
         if m is None:
             n = len(buf)
             if n > self.max_header_bytes:
@@ -199,40 +202,20 @@ class ResponseParser(MessageParser):
         del buf[:end]
         self._scan = 0
         lines, flat, ctl = head_lines(head)
-        if ctl and _CTL_FIELD(flat):
+        if ctl and find_field_control(flat):
             raise ParseError(502, "control character in response head")
         v11, status, reason = _status_line(lines[0])
         headers, raw_headers = header_fields(lines, _COMMON_NAMES, False)
 
-        content_length = -1
-        chunked = False
-        te = headers.get("transfer-encoding")
-        cl = headers.get("content-length")
-        if te is not None:
-            # RFC 9112 §6.3 lets Transfer-Encoding win, but both at once is how responses are
-            # smuggled; like nginx, refuse it.
-            if cl is not None:
-                raise ParseError(502, "both Content-Length and Transfer-Encoding")
-            if not is_chunked(te):
-                raise ParseError(502, "unsupported Transfer-Encoding")
-            chunked = True
-        elif cl is not None:
-            headers["content-length"], content_length = parse_content_length(cl)
+        chunked, content_length = body_framing(headers)
 
-        connection = headers.get("connection")
-        if connection is None:
-            keep_alive = v11
-        else:
-            keep_alive = _CONNECTION_FAST.get(connection.lower())
-            if keep_alive is None:
-                tokens = {t.strip(" \t") for t in connection.lower().split(",")}
-                keep_alive = "close" not in tokens and (v11 or "keep-alive" in tokens)
+        keep_alive = keeps_alive(headers.get("connection"), v11)
 
         if status < 200:
             framing = NO_BODY  # informational: the final response's head comes next
         elif self.head_request or status == 204 or status == 304:
             framing = NO_BODY
-            self._state = _DONE
+            self._frame_body(False, 0)
         elif chunked:
             framing = CHUNKED
             self._frame_body(True, 0)
@@ -242,8 +225,7 @@ class ResponseParser(MessageParser):
         else:
             framing = UNTIL_CLOSE
             keep_alive = False
-            self._state = _BODY
-            self._remaining = _UNBOUNDED
+            self._frame_body(False, _UNBOUNDED)
             self._until_close = True
         return Response(
             status,
