@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from xps_server.policy.acl import NetSet, build_access, compile_lists, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
+from xps_server.server.commands import CommandError
 from xps_server.server.state import load_state
 from xps_server.server.state_writer import Durable, StateWriter
 
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
     from xps_server.server.core import Core
 
 log = logging.getLogger("xps.runtime")
-
-
-class CommandError(ValueError):
-    """An operator command that cannot be applied; the message says why."""
 
 
 def route_key(server_index: int, req_path: str) -> str:
