@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from xps_server.config.model import ROUTE_TYPES
 from xps_server.traffic import TrafficStats, prometheus_buckets
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from xps_server.http.parser import Request
     from xps_server.server.core import Core
     from xps_server.server.session import Session
-
-ROUTE_TYPES = ("file_serve", "reverse_proxy", "redirect", "metrics")
 
 
 class Stats:

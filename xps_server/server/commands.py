@@ -79,6 +79,13 @@ class Command:
         Names the command does not take are ignored."""
         return {arg.name: arg.take(args) for arg in self.args}
 
+    def arg(self, name: str) -> Arg:
+        """The argument called `name`; KeyError if the command takes none such."""
+        for arg in self.args:
+            if arg.name == name:
+                return arg
+        raise KeyError(name)
+
     @property
     def usage(self) -> str:
         """The command as an operator types it: `block cidr [route] [seconds]`."""
