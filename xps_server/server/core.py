@@ -87,20 +87,25 @@ class Core:
         self.listeners = self._bind(self.config, {})
 
     def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
-        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened."""
+        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
+        and leaves those in `keep` serving what they served."""
+        wanted = config.listeners()
         bound: dict[tuple[str, int], Listener] = {}
         try:
-            for key, servers in config.listeners().items():
+            for key in wanted:
                 listener = keep.get(key)
                 if listener is None:
                     listener = Listener(self.loop, key[0], key[1], self._on_accept)
-                listener.servers = servers
                 bound[key] = listener
         except OSError:
             for key, listener in bound.items():
                 if key not in keep:
                     listener.close()
             raise
+        # Only once every listener is bound: a kept one must not take the new servers (the
+        # new routes) for a config that is then refused.
+        for key, servers in wanted.items():
+            bound[key].servers = servers
         return bound
 
     def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
