@@ -17,8 +17,7 @@ from typing import Any
 import h11
 
 from xps_server.config import parse_config
-from xps_server.routes import HANDLERS
-from xps_server.server.core import Core
+from xps_server.server.lifecycle import Server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,17 +57,17 @@ def dual_stack() -> bool:
 
 
 class RunningServer:
-    """A Core on its own loop thread, listening on `port`."""
+    """A `Server` with its loop on a background thread, listening on `port`."""
 
     def __init__(self, config_data: dict, base_dir: Path) -> None:
         self.config = parse_config(config_data, str(base_dir))
-        self.core = Core(self.config, HANDLERS)
-        self.core.start()
+        self.server = Server(self.config)
+        self.core = self.server.start()
         first = self.config.servers[0].listeners[0]
         self.host = "127.0.0.1" if first.host in ("0.0.0.0", "localhost") else first.host
         self.port = first.port
-        self.thread = threading.Thread(target=self.core.loop.run, daemon=True)
-        self.thread.start()
+        self.server.run(background=True)
+        self.thread = self.server.thread
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Run `fn` on the loop thread and return its result."""
@@ -89,10 +88,8 @@ class RunningServer:
         return box.get("value")
 
     def stop(self) -> None:
-        if self.thread.is_alive():
-            self.core.loop.call_soon_threadsafe(self.core.loop.stop)
-            self.thread.join(5)
-        self.core.close()
+        """Stop the loop at once (no grace) and release everything."""
+        self.server.close()
 
 
 def server_config(port: int, routes: list[dict], **top: Any) -> dict:

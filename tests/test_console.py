@@ -32,6 +32,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 from textual.widgets._footer import FooterKey
 
+from tests.console_fakes import CannedLink
 from tests.helpers import Client, RunningServer, connect, free_port, server_config, write_config
 from xps_console.app import ConsoleApp
 from xps_console.link import AttachedLink, EmbeddedLink
@@ -43,7 +44,8 @@ from xps_console.screens.session_detail import SessionScreen
 from xps_console.widgets.event_log import FilterInput
 from xps_console.widgets.metrics import MetricsPanel
 from xps_console.widgets.tables import KeyedTable
-from xps_server.server.control import CommandAPI, ControlServer
+from xps_server.server.commands import Arg, Command
+from xps_server.server.control import COMMANDS, CommandAPI, ControlServer
 
 SIZE = (160, 50)
 SMALL = (80, 24)
@@ -94,6 +96,12 @@ def row_key_of(app: ConsoleApp, ip: str) -> str | None:
         if row["ip"] == ip:
             return key
     return None
+
+
+def served_row_key(app: ConsoleApp, ip: str) -> str | None:
+    """The sessions table's key of `ip`'s session once a snapshot shows it served a request."""
+    key = row_key_of(app, ip)
+    return key if key is not None and app.sessions.data_by_key[key]["requests"] else None
 
 
 def acl_key_of(app: ConsoleApp, ip: str) -> str | None:
@@ -172,7 +180,9 @@ def test_requests_show_in_sessions_table_and_log(tmp_path, site, embedded):
         async with app.run_test(size=SIZE) as pilot:
             client = await asyncio.to_thread(Client, port_of(config))
             assert (await get(client, "/hello.txt")).status == 200
-            key = await until(pilot, lambda: row_key_of(app, "127.0.0.1"))
+            # A snapshot taken between the connect and the request shows the session with no
+            # request yet: wait for one that shows it.
+            key = await until(pilot, lambda: served_row_key(app, "127.0.0.1"))
             row = app.sessions.data_by_key[key]
             assert row["client"] == f"127.0.0.1:{client.sock.getsockname()[1]}"
             assert row["route"] == "/"
@@ -309,7 +319,7 @@ def test_b_on_top_clients_blocks_an_address_that_holds_no_connection(tmp_path, s
                 assert await asyncio.to_thread(one_shot, port, abuser) == 200
             assert row_key_of(app, abuser) is None
             top = app.top_clients
-            # The panel refreshes every second: wait for the figure that counts all five.
+            # A refresh may land between the requests: wait for the one after the last.
             await until(pilot, lambda: top.data_by_key.get(abuser, {}).get("requests") == 5)
             select(top, abuser)
             await pilot.press("b")
@@ -910,6 +920,16 @@ def test_z_zooms_the_focused_panel(tmp_path, site, embedded):
 
 
 # --- the palette and help -------------------------------------------------------------------
+async def palette(pilot: Pilot, app: ConsoleApp, words: str) -> None:
+    """Pick the palette's best hit for `words`."""
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*words)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await until(pilot, lambda: not isinstance(app.screen, CommandPalette))
+
+
 def test_palette_runs_named_commands_with_the_same_confirmations(
     tmp_path, site, embedded, monkeypatch
 ):
@@ -918,27 +938,68 @@ def test_palette_runs_named_commands_with_the_same_confirmations(
     config = site_config(tmp_path, site)
     app = ConsoleApp(embedded(config))
 
-    async def palette(pilot: Pilot, words: str) -> None:
-        await pilot.press("ctrl+p")
-        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
-        await pilot.press(*words)
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await until(pilot, lambda: not isinstance(app.screen, CommandPalette))
-
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
             client = await asyncio.to_thread(Client, port_of(config), "127.0.0.1", BLOCKED_IP)
             assert (await get(client, "/hello.txt")).status == 200
             key = await until(pilot, lambda: row_key_of(app, BLOCKED_IP))
-            await palette(pilot, f"Kill session #{key}")
+            await palette(pilot, app, f"Kill session #{key}")
             assert (await question(pilot, app)).startswith(f"Kill session #{key} ")
             await pilot.press("n")
-            await palette(pilot, "Reload the configuration")
+            await palette(pilot, app, "Reload the configuration")
             await until(pilot, lambda: log_has(app, "command", "Reloaded"))
-            await palette(pilot, "Screenshot")
+            await palette(pilot, app, "Screenshot")
             await until(pilot, lambda: list(tmp_path.glob("xps-console-*.svg")))
             client.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_palette_lists_exactly_the_server_commands_of_the_table(monkeypatch):
+    app = ConsoleApp(CannedLink())  # type: ignore[arg-type]
+
+    def listed() -> list[tuple[str, str]]:
+        return [(title, help_text) for title, help_text, _ in app.palette_commands()]
+
+    table = [(command.usage, command.help) for command in COMMANDS.values()]
+    assert [entry for entry in listed() if entry in table] == table  # each once, in order
+    assert ("block cidr [route] [seconds]", COMMANDS["block"].help) in table
+    # The palette follows the table: a command added there is listed, one removed is not.
+    monkeypatch.setitem(COMMANDS, "extra", EXTRA)
+    monkeypatch.delitem(COMMANDS, "ping")
+    entries = listed()
+    assert ("extra what", EXTRA.help) in entries
+    assert not [title for title, _ in entries if title.split()[0] == "ping"]
+
+
+EXTRA = Command(
+    "extra",
+    "a command no key of the console runs",
+    lambda core, args: None,
+    args=(Arg("what", str, "anything"),),
+)
+
+
+def test_picking_a_server_command_in_the_palette_runs_what_its_key_runs(monkeypatch):
+    link = CannedLink()
+    app = ConsoleApp(link)  # type: ignore[arg-type]
+    monkeypatch.setitem(COMMANDS, "extra", EXTRA)
+    shown = toasts(app)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await palette(pilot, app, "ping")
+            await until(pilot, lambda: ("ping", {}) in link.commands)
+            await until(pilot, lambda: "8" in app.sessions.data_by_key)
+            select(app.sessions, "8")
+            await palette(pilot, app, "session id")  # Enter on a session: its details
+            assert isinstance(app.screen, SessionScreen) and app.screen.session_id == 8
+            app.pop_screen()
+            await palette(pilot, app, "extra what")
+            assert ("extra what: no key runs it; send it on the control socket", "warning") in (
+                shown
+            )
+            assert [name for name, _ in link.commands] == ["ping"]
 
     asyncio.run(scenario())
 

@@ -30,7 +30,6 @@ from textual.screen import Screen
 from xps_console.formatting import (
     KINDS,
     TOP_SORT_BY_COLUMN,
-    TOP_SORTS,
     MetricsHistory,
     acl_rows,
     block_question,
@@ -49,7 +48,7 @@ from xps_console.formatting import (
 )
 from xps_console.link import Link, LinkError
 from xps_console.logs import LogBuffer
-from xps_console.palette import ConsoleCommands
+from xps_console.palette import ConsoleCommands, Entry, server_commands
 from xps_console.screens.block_form import BlockForm, BlockRequest
 from xps_console.screens.confirm import ConfirmScreen
 from xps_console.screens.dashboard import PANELS, DashboardScreen
@@ -59,20 +58,19 @@ from xps_console.widgets.event_log import MARKER, EventLog
 from xps_console.widgets.metrics import MetricsPanel
 from xps_console.widgets.panels import EventsPanel, Panel, UpstreamsPanel
 from xps_console.widgets.tables import KeyedTable, SessionsTable, TopTable
+from xps_server.server.control import COMMANDS, SESSION_ROWS
 
 # Refresh rates: what an operator can read, and cheap enough that the console (one thread of
 # the server's own process when embedded) leaves the server most of the CPU.
 EVENT_INTERVAL = 0.2  # seconds between event drains
 EVENTS_PER_TICK = 300  # at most this many log lines per drain (1,500 a second)
 SNAPSHOT_INTERVAL = 1.0  # seconds between snapshots, when the previous one has returned
-SESSION_ROWS = 200  # rows of the sessions table; the title says "N of TOTAL"
 LOG_LINES = 2000  # lines the event log keeps
 TOP_ROWS = 50  # rows of the top clients table
-TOP_WINDOWS = (10, 60)  # seconds the `top` command counts over
+TOP_WINDOWS = COMMANDS["top"].arg("window").choices  # seconds the top clients count over
+TOP_SORTS = COMMANDS["top"].arg("sort").choices  # what ranks the top clients
 SORTS = ("age", "bytes")  # the snapshot also sorts by "id", which is age order again
 SORT_NAMES = {"age": "oldest first", "bytes": "busiest first"}
-# Commands that change the server; the server also announces them as operator_action events.
-MUTATING = frozenset(("block", "unblock", "gzip", "kill", "drain", "enable", "reload"))
 # Events after which the panels should not wait for the next periodic snapshot.
 REFRESHING_EVENTS = frozenset(("operator_action", "config_reloaded", "upstream_health"))
 
@@ -424,7 +422,10 @@ class ConsoleApp(App[None]):
         self.run_worker(self.command(name, **args), group="commands", exit_on_error=False)
 
     async def command(self, name: str, **args: Any) -> dict:
-        echo = self._echo_key(name, args) if name in MUTATING else None
+        # The server announces a command that changes it as an operator_action event: the
+        # log shows this reply instead.
+        command = COMMANDS.get(name)
+        echo = self._echo_key(name, args) if command is not None and command.mutating else None
         if echo is not None:
             self.echoes[echo] += 1  # before sending: the event may beat the reply here
         try:
@@ -689,10 +690,10 @@ class ConsoleApp(App[None]):
             self.exit()
 
     # --- the palette --------------------------------------------------------------------------
-    def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+    def palette_commands(self) -> list[Entry]:
         """Every command by name, for the command palette: (title, help, what it does)."""
         snap = self.last_snapshot
-        commands: list[tuple[str, str, Callable[[], Any]]] = [
+        commands: list[Entry] = [
             (
                 "Block the selected client",
                 "b: globally, after a confirmation",
@@ -720,6 +721,7 @@ class ConsoleApp(App[None]):
             ("Top clients: 10 s or 60 s window", "w", self.action_toggle_top_window),
             ("Help", "?: every key", self.action_help),
         ]
+        commands += server_commands(self.palette_action)
         for kind in (None, *KINDS):
             name = "every kind" if kind is None else f"only {kind}"
             commands.append((f"Log: {name}", "e cycles", lambda k=kind: self.set_log_kind(k)))
@@ -785,3 +787,42 @@ class ConsoleApp(App[None]):
                 )
             )
         return commands
+
+    def palette_action(self, name: str) -> Callable[[], Any]:
+        """What picking the server command `name` in the palette does: what its key does, on
+        what is selected, with the same confirmation. A command no key runs is sent as is
+        when it needs no argument (ping); otherwise the palette says where to send it."""
+        keyed: dict[str, Callable[[], Any]] = {
+            "snapshot": lambda: self.request_snapshot(fresh=True),
+            "top": lambda: self.action_show_panel("top"),
+            "session": self.action_session_details,
+            "block": self.action_block_form,
+            "unblock": self.action_unblock,
+            "gzip": self.action_toggle_gzip,
+            "kill": self.action_kill_session,
+            "drain": lambda: self.upstream_command("drain"),
+            "enable": lambda: self.upstream_command("enable"),
+            "reload": self.action_reload,
+        }
+        action = keyed.get(name)
+        if action is not None:
+            return action
+        command = COMMANDS[name]
+        if any(arg.required for arg in command.args):
+            return lambda: self.say(
+                f"{command.usage}: no key runs it; send it on the control socket",
+                severity="warning",
+            )
+        return lambda: self.run_command(name)
+
+    def upstream_command(self, name: str) -> None:
+        """`drain` or `enable` the selected upstream (a drain asks first, as `d` does)."""
+        upstream = self._need(self.upstreams, "upstream")
+        if upstream is None:
+            return
+        if name == "enable":
+            self.run_command("enable", upstream=upstream["addr"])
+        elif upstream.get("state") == "draining":
+            self.say(f"{upstream['addr']} is draining already", severity="warning")
+        else:
+            self.ask_toggle_upstream(upstream)

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 from xps_console.link import AttachedLink, EmbeddedLink, Link
 from xps_console.logs import LogBuffer
+from xps_server.cli import LOG_LEVELS
 from xps_server.config import ConfigError
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("xps.console")

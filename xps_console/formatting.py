@@ -229,7 +229,6 @@ TOP_COLUMNS = (
     ("open", "Open"),
     ("last_path", "Last path"),
 )
-TOP_SORTS = ("requests", "bytes", "errors")  # what the `top` command sorts by
 TOP_SORT_BY_COLUMN = {"requests": "requests", "rps": "requests", "bytes": "bytes"}
 TOP_SORT_BY_COLUMN |= {"status_4xx": "errors", "status_5xx": "errors"}
 

@@ -2,7 +2,7 @@
 
 `Link` is what the app uses; it never learns which of the two it has:
 
-- `EmbeddedLink` runs a `Core` in this process, its loop on a daemon thread. Commands cross
+- `EmbeddedLink` runs a `Server` in this process, its loop on a daemon thread. Commands cross
   over through `CommandAPI.submit` (the loop's queue + wake-up fd); events come from a bounded
   `Subscription` of the core's bus, which the UI drains on a timer.
 - `AttachedLink` speaks JSON lines to a headless server's control socket: commands carry an
@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import os
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -31,9 +30,7 @@ from typing import Any
 from xps_server.config import load_config
 from xps_server.core.loop import tune_gc
 from xps_server.events import Subscription
-from xps_server.routes import HANDLERS
-from xps_server.server.control import CommandAPI, ControlServer
-from xps_server.server.core import Core
+from xps_server.server.lifecycle import Server
 
 log = logging.getLogger("xps.console.link")
 
@@ -95,55 +92,38 @@ class EmbeddedLink(Link):
     def __init__(self, config_path: str, grace: float = 10.0, queue: int = EVENT_QUEUE) -> None:
         self.config = load_config(config_path)  # ConfigError: the caller reports it
         self.target = self.config.path
-        self.grace = grace
-        self.core = Core(self.config, HANDLERS)
-        self.api = CommandAPI(self.core)
-        self.control: ControlServer | None = None
+        self.server = Server(self.config, grace)
         self.subscription: Subscription | None = None
-        self.thread: threading.Thread | None = None
         self._queue = queue
         self._closed = False
 
     def start(self) -> None:
         """Bind the listeners (and the control socket) and run the loop; raises OSError."""
-        core = self.core
-        core.start()
-        if self.config.control_socket:
-            try:
-                self.control = ControlServer(core, self.api, self.config.control_socket)
-            except OSError:
-                core.close()
-                raise
+        core = self.server.start()
         self.subscription = core.bus.subscribe(self._queue, SUBSCRIBE_MAX_RATE)
         tune_gc()
-        self.thread = threading.Thread(target=self._run, name="xps-loop", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.core.loop.run()
-        except Exception:
-            log.exception("the server loop stopped on an error")
+        self.server.run(background=True)
 
     @property
     def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.server.running
 
     @property
     def connected(self) -> bool:
         return self.running
 
     async def open(self) -> None:
-        if self.thread is None:
+        if self.server.core is None:
             try:
                 self.start()
             except OSError as exc:
                 raise LinkError(f"cannot listen: {exc}") from None
 
     async def command(self, name: str, **args: Any) -> dict:
-        if not self.running:
+        api = self.server.api
+        if api is None or not self.running:
             raise LinkError("the server is not running")
-        future = self.api.submit({"cmd": name, "args": args})
+        future = api.submit({"cmd": name, "args": args})
         try:
             # On timeout the wrapped future is cancelled, so a late command never runs.
             return await asyncio.wait_for(asyncio.wrap_future(future), COMMAND_TIMEOUT)
@@ -163,22 +143,8 @@ class EmbeddedLink(Link):
         if self._closed:
             return
         self._closed = True
-        core = self.core
-        thread = self.thread
-        if thread is not None and thread.is_alive():
-            core.loop.call_soon_threadsafe(lambda: core.shutdown(self.grace))
-            thread.join(self.grace + 2.0)  # core.shutdown force-stops at `grace`
-            if thread.is_alive():
-                core.loop.call_soon_threadsafe(core.loop.stop)
-                thread.join(2.0)
-            if thread.is_alive():
-                log.error("the server loop did not stop; leaving its descriptors open")
-                return
-        if self.control is not None:
-            self.control.close()
-        if self.subscription is not None:
+        if self.server.stop() and self.subscription is not None:
             self.subscription.close()
-        core.close()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.shutdown)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 from xps_server.config import ConfigError, load_config
 from xps_server.core.loop import tune_gc
-from xps_server.routes import HANDLERS
-from xps_server.server.control import CommandAPI, ControlServer
-from xps_server.server.core import Core
+from xps_server.server.lifecycle import Server
 
 log = logging.getLogger("xps.cli")
 
@@ -56,40 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"xps-server: {args.config} is valid")
         return 0
-    core = Core(config, HANDLERS)
+    server = Server(config, grace=args.shutdown_timeout)
     try:
-        core.start()
-        control = (
-            ControlServer(core, CommandAPI(core), config.control_socket)
-            if config.control_socket
-            else None
-        )
+        core = server.start(signals=True)
     except OSError as exc:
-        core.close()
         print(f"xps-server: cannot listen: {exc}", file=sys.stderr)
         return 1
-    loop = core.loop
-
-    def on_stop(_signum: int, _frame: object) -> None:
-        loop.call_soon_threadsafe(lambda: core.shutdown(args.shutdown_timeout))
-
-    def on_reload(_signum: int, _frame: object) -> None:
-        loop.call_soon_threadsafe(core.reload)
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
     for key in core.listeners:
         log.info("listening on %s:%d", *key)
-    if control is not None:
+    if server.control is not None:
         log.info("control socket on %s", config.control_socket)
     tune_gc()
     try:
-        loop.run()
+        server.run()
     finally:
-        if control is not None:
-            control.close()
-        core.close()
+        server.close()
     log.info("stopped")
     return 0
 

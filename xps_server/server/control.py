@@ -2,9 +2,12 @@
 
 Every operator action is a named command executed on the loop thread, between events, with a
 JSON-able result: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The
-embedded console submits commands from its own thread (`CommandAPI.submit`, which crosses over
-through the loop's wake-up fd); headless, `ControlServer` speaks the same commands as JSON lines
-on a Unix socket (mode 0600) and streams events to subscribers. One API, two transports.
+commands are one table, `COMMANDS`: each with its typed arguments (checked before it runs), a
+line of help, whether it changes the server and whether it changes the state file; the console
+reads the same table. The embedded console submits commands from its own thread
+(`CommandAPI.submit`, which crosses over through the loop's wake-up fd); headless,
+`ControlServer` speaks the same commands as JSON lines on a Unix socket (mode 0600) and streams
+events to subscribers. One API, two transports.
 
 A command that changes what the state file holds (block, unblock, gzip, drain, enable) takes
 effect at once, but its reply waits until the runtime says the state as it was after the
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
 from xps_server.network.connection import Connection
+from xps_server.server.commands import NUMBER, Arg, Command, CommandError
 
 if TYPE_CHECKING:
     from xps_server.server.core import Core
@@ -60,24 +64,6 @@ SECRET_FIELDS = frozenset(("authorization", "proxy-authorization", "cookie"))
 HIDDEN = "(hidden)"
 COMMANDS_PER_TURN = 64  # commands one control connection executes before the loop moves on
 MAX_PENDING_REPLIES = 4096  # replies waiting for the disk before a connection stops reading
-
-
-class CommandError(Exception):
-    """A command that cannot be applied; its message goes back to the operator."""
-
-
-# --- arguments ------------------------------------------------------------------------------
-def _arg(args: dict, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    if name not in args or args[name] is None:
-        if default is ...:
-            raise CommandError(f"missing argument '{name}'")
-        return default
-    value = args[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # JSON true/false must not pass for numbers (bool is an int subclass in Python).
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise CommandError(f"argument '{name}' has the wrong type")
-    return value
 
 
 # --- snapshots ------------------------------------------------------------------------------
@@ -115,77 +101,313 @@ _SORT_KEYS: dict[str, Callable[[Session], Any]] = {
 }
 
 
+# --- the commands: the core and the validated arguments in, a JSON-able result out -------------
+def _ping(core: Core, args: dict) -> str:
+    return "pong"
+
+
+def _snapshot(core: Core, args: dict) -> dict:
+    now = core.loop.now
+    sessions = heapq.nsmallest(
+        max(0, args["limit"]), core.sessions.values(), key=_SORT_KEYS[args["sort"]]
+    )
+    return {
+        "server_name": core.config.server_name,
+        "pid": os.getpid(),
+        "config": core.config.path,
+        "time": time.time(),
+        "listeners": [_address(*listener.address) for listener in core.listeners.values()],
+        "sessions": {
+            "total": len(core.sessions),
+            "rows": [session_row(s, now) for s in sessions],
+        },
+        "routes": core.routes_snapshot(),
+        "upstreams": core.upstreams_snapshot(),
+        "acl": core.acl_snapshot(),
+        "metrics": core.metrics_snapshot(),
+        "events": {"published": core.bus.published, "dropped": core.bus.dropped},
+    }
+
+
+def _top(core: Core, args: dict) -> dict:
+    window = args["window"]
+    tracker = core.top
+    if tracker is None:
+        return {"enabled": False, "window": window, "tracked": 0, "capacity": 0, "clients": []}
+    core.accounting.report()
+    now = core.loop.now
+    clients = tracker.top(now, window, args["limit"], args["sort"])
+    by_ip = core.sessions_by_ip
+    for row in clients:
+        row["open"] = len(by_ip.get(row["ip"], ()))
+    return {
+        "enabled": True,
+        "window": window,
+        "tracked": tracker.tracked(now, window),
+        "capacity": tracker.capacity,
+        "clients": clients,
+    }
+
+
+def _session(core: Core, args: dict) -> dict:
+    session = _find_session(core, args["id"])
+    now = core.loop.now
+    listener = session.listener
+    last = session.last_request
+    return {
+        **session_row(session, now),
+        "port": session.conn.peer_port,
+        "listener": _address(listener.host, listener.port),
+        "last_request": None
+        if last is None
+        else {
+            "method": last.method,
+            "target": last.target,
+            "version": last.version,
+            "headers": [
+                [name, HIDDEN if name.lower() in SECRET_FIELDS else value]
+                for name, value in last.raw_headers
+            ],
+            "user_agent": last.headers.get("user-agent"),
+            "status": session.last_status,
+            "bytes": session.last_bytes,
+            "duration_ms": round(session.last_elapsed * 1000, 3),
+            "ago": round(now - session.last_done, 3),
+        },
+        "upstream": session.upstream or None,
+        "tls": None,
+    }
+
+
+def _block(core: Core, args: dict) -> Any:
+    return _policy(lambda: core.block(args["cidr"], route=args["route"], seconds=args["seconds"]))
+
+
+def _unblock(core: Core, args: dict) -> Any:
+    return _policy(lambda: core.unblock(args["cidr"], route=args["route"]))
+
+
+def _gzip(core: Core, args: dict) -> Any:
+    route = args["route"]
+
+    def apply() -> Any:
+        if args["reset"]:
+            return core.set_gzip(route, None)
+        wanted = args["enabled"]
+        if wanted is None:
+            wanted = not core.runtime.resolve(route)[1].gzip_enable
+        return core.set_gzip(route, wanted)
+
+    return _policy(apply)
+
+
+def _kill(core: Core, args: dict) -> dict:
+    session = _find_session(core, args["session"])
+    row = session_row(session, core.loop.now)
+    session.conn.close()
+    return {"killed": row}
+
+
+def _drain(core: Core, args: dict) -> Any:
+    return _policy(lambda: core.drain_upstream(args["upstream"]))
+
+
+def _enable(core: Core, args: dict) -> Any:
+    return _policy(lambda: core.enable_upstream(args["upstream"]))
+
+
+def _reload(core: Core, args: dict) -> dict:
+    ok, message = core.reload()
+    if not ok:
+        raise CommandError(message)
+    return {"reloaded": core.config.path}
+
+
+def _find_session(core: Core, session_id: int) -> Session:
+    session = core.sessions.get(session_id)
+    if session is None:
+        raise CommandError(f"no session {session_id}")
+    return session
+
+
+def _policy(action: Callable[[], Any]) -> Any:
+    """Run a core policy function; its ValueError/KeyError is the operator's mistake."""
+    try:
+        return action()
+    except CommandError:
+        raise  # worded for the operator already
+    except (ValueError, KeyError) as exc:
+        raise CommandError(str(exc).strip("'\"")) from None
+
+
+_ROUTE = "a route: its req_path ('/api'), or 'N:req_path' in servers[N]"
+_UPSTREAM = "an upstream as 'host:port'"
+
+# Every command, by name: what the command API runs, validates and announces, and what the
+# console lists. The control socket's own `subscribe`/`unsubscribe` are not here: they concern
+# one connection, not the server.
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command("ping", "check that the server answers (it says pong)", _ping),
+        Command(
+            "snapshot",
+            "sessions, routes, upstreams, ACL and metrics in one reply",
+            _snapshot,
+            args=(
+                Arg("limit", int, "sessions listed at most", default=SESSION_ROWS),
+                Arg(
+                    "sort",
+                    str,
+                    "which sessions are listed: the oldest, the busiest, by id",
+                    default="age",
+                    choices=tuple(_SORT_KEYS),
+                ),
+            ),
+        ),
+        Command(
+            "top",
+            "the busiest client addresses over the last 10 or 60 seconds",
+            _top,
+            args=(
+                Arg("window", int, "seconds to look back", default=10, choices=TOP_WINDOWS),
+                Arg("limit", int, "clients listed at most", default=20, bounds=(1, TOP_LIMIT)),
+                Arg("sort", str, "what ranks clients", default="requests", choices=TOP_SORTS),
+            ),
+        ),
+        Command(
+            "session",
+            "one session in detail: its connection, the request in progress, the last one",
+            _session,
+            args=(Arg("id", int, "the session's id"),),
+        ),
+        Command(
+            "block",
+            "block an address or CIDR everywhere (refused at accept, its connections closed) "
+            "or on one route (403), for some seconds or until unblocked",
+            _block,
+            args=(
+                Arg("cidr", str, "an IP address or CIDR block"),
+                Arg("route", str, f"{_ROUTE}; none: every route", default=None),
+                Arg("seconds", NUMBER, "how long; none: until unblocked", default=None),
+            ),
+            mutating=True,
+            persisted=True,
+        ),
+        Command(
+            "unblock",
+            "lift a block, global or on one route",
+            _unblock,
+            args=(
+                Arg("cidr", str, "the address or CIDR block as blocked"),
+                Arg("route", str, f"{_ROUTE}; none: the global block", default=None),
+            ),
+            mutating=True,
+            persisted=True,
+        ),
+        Command(
+            "gzip",
+            "turn gzip on or off for a route, or back to what the config file says",
+            _gzip,
+            args=(
+                Arg("route", str, _ROUTE),
+                Arg("enabled", bool, "on or off; none: the opposite of now", default=None),
+                Arg("reset", bool, "back to the config file's setting", default=False),
+            ),
+            mutating=True,
+            persisted=True,
+        ),
+        Command(
+            "kill",
+            "close a session's connection at once",
+            _kill,
+            args=(Arg("session", int, "the session's id"),),
+            mutating=True,
+        ),
+        Command(
+            "drain",
+            "take an upstream out of rotation; its requests in flight finish",
+            _drain,
+            args=(Arg("upstream", str, _UPSTREAM),),
+            mutating=True,
+            persisted=True,
+        ),
+        Command(
+            "enable",
+            "put a drained (or failed) upstream back in rotation",
+            _enable,
+            args=(Arg("upstream", str, _UPSTREAM),),
+            mutating=True,
+            persisted=True,
+        ),
+        Command(
+            "reload",
+            "re-read the config file; a bad one is refused and the running config stays",
+            _reload,
+            mutating=True,
+        ),
+    )
+}
+
+# The control socket's own command: stream events to this connection.
+SUBSCRIBE_MAX_RATE = Arg("max_rate", int, "events per second at most; 0: no limit", default=0)
+
+
 class CommandAPI:
-    """The named operator commands over one core; `run` runs on the loop thread."""
+    """The commands of `COMMANDS` over one core; `run` runs on the loop thread."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.commands: dict[str, Callable[[dict], Any]] = {
-            "ping": lambda args: "pong",
-            "snapshot": self.snapshot,
-            "top": self.top,
-            "session": self.session,
-            "block": self.block,
-            "unblock": self.unblock,
-            "gzip": self.gzip,
-            "kill": self.kill,
-            "drain": self.drain,
-            "enable": self.enable,
-            "reload": self.reload,
-        }
-        # Commands that change the server are announced as operator_action events.
-        self.mutating = frozenset(("block", "unblock", "gzip", "kill", "drain", "enable", "reload"))
-        # Commands that change what the state file holds: their results say if it holds it.
-        self.saved = frozenset(("block", "unblock", "gzip", "drain", "enable"))
 
     # --- dispatch -------------------------------------------------------------------------
     def run(self, message: Any, done: Callable[[dict], None]) -> None:
         """Apply one command message `{"cmd": name, "args": {...}}` on the loop thread and hand
         its reply to `done`: at once, or, for a command that changes the state file, once the
         runtime says that change is on disk (a later loop turn). Never raises."""
-        name, args, reply = self._apply(message)
-        if reply["ok"] and name in self.saved:
+        command, args, reply = self._apply(message)
+        if command is not None and command.persisted and reply["ok"]:
             result = reply["result"]
 
             def durable(persisted: bool | None) -> None:
                 result["persisted"] = persisted
-                self._announce(name, args, reply)
+                self._announce(command, args, reply)
                 done(reply)
 
             self.core.runtime.when_durable(durable)
         else:
-            self._announce(name, args, reply)
+            self._announce(command, args, reply)
             done(reply)
 
-    def _apply(self, message: Any) -> tuple[Any, dict, dict]:
+    def _apply(self, message: Any) -> tuple[Command | None, dict, dict]:
         if not isinstance(message, dict):
             return None, {}, {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
         name = message.get("cmd")
         args = message.get("args", {})
         if args is None:
             args = {}
-        handler = self.commands.get(name) if isinstance(name, str) else None
-        if handler is None:
+        command = COMMANDS.get(name) if isinstance(name, str) else None
+        if command is None:
             return None, {}, {"ok": False, "error": f"unknown command {name!r}"}
         if not isinstance(args, dict):
             return None, {}, {"ok": False, "error": "'args' must be a JSON object"}
         try:
-            reply = {"ok": True, "result": handler(args)}
+            reply = {"ok": True, "result": command.handler(self.core, command.parse(args))}
         except CommandError as exc:
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:
             log.exception("command %s failed", name)
             reply = {"ok": False, "error": f"internal error: {exc}"}
-        return name, args, reply
+        return command, args, reply
 
-    def _announce(self, name: Any, args: dict, reply: dict) -> None:
-        """Commands that change the server become operator_action events."""
+    def _announce(self, command: Command | None, args: dict, reply: dict) -> None:
+        """Commands that change the server become operator_action events, with the arguments
+        as the operator sent them (the console recognises its own commands by them)."""
         bus = self.core.bus
-        if name in self.mutating and bus.active:
+        if command is not None and command.mutating and bus.active:
             summary = reply.get("error") or _summary(reply.get("result"))
             # Arguments are scalars; anything nested is no argument and stays off the bus.
             shown = {k: v for k, v in args.items() if not isinstance(v, dict | list)}
-            bus.publish(OperatorAction(time.time(), name, shown, reply["ok"], summary))
+            bus.publish(OperatorAction(time.time(), command.name, shown, reply["ok"], summary))
 
     def submit(self, message: Any) -> concurrent.futures.Future:
         """From any thread: run the command on the loop thread; the future gets the reply (for
@@ -198,154 +420,6 @@ class CommandAPI:
 
         self.core.loop.call_soon_threadsafe(run)
         return future
-
-    # --- commands -------------------------------------------------------------------------
-    def snapshot(self, args: dict) -> dict:
-        core = self.core
-        limit = _arg(args, "limit", int, SESSION_ROWS)
-        sort = _arg(args, "sort", str, "age")
-        key = _SORT_KEYS.get(sort)
-        if key is None:
-            raise CommandError(f"sort must be one of {', '.join(_SORT_KEYS)}")
-        now = core.loop.now
-        sessions = heapq.nsmallest(max(0, limit), core.sessions.values(), key=key)
-        return {
-            "server_name": core.config.server_name,
-            "pid": os.getpid(),
-            "config": core.config.path,
-            "time": time.time(),
-            "listeners": [_address(*listener.address) for listener in core.listeners.values()],
-            "sessions": {
-                "total": len(core.sessions),
-                "rows": [session_row(s, now) for s in sessions],
-            },
-            "routes": core.routes_snapshot(),
-            "upstreams": core.upstreams_snapshot(),
-            "acl": core.acl_snapshot(),
-            "metrics": core.metrics_snapshot(),
-            "events": {"published": core.bus.published, "dropped": core.bus.dropped},
-        }
-
-    def top(self, args: dict) -> dict:
-        """The busiest client addresses over the last `window` seconds (10 or 60)."""
-        window = _arg(args, "window", int, 10)
-        if window not in TOP_WINDOWS:
-            raise CommandError(f"window must be one of {', '.join(map(str, TOP_WINDOWS))}")
-        limit = _arg(args, "limit", int, 20)
-        if not 1 <= limit <= TOP_LIMIT:
-            raise CommandError(f"limit must be in 1..{TOP_LIMIT}")
-        sort = _arg(args, "sort", str, "requests")
-        if sort not in TOP_SORTS:
-            raise CommandError(f"sort must be one of {', '.join(TOP_SORTS)}")
-        core = self.core
-        tracker = core.top
-        if tracker is None:
-            return {"enabled": False, "window": window, "tracked": 0, "capacity": 0, "clients": []}
-        core.accounting.report()
-        now = core.loop.now
-        clients = tracker.top(now, window, limit, sort)
-        by_ip = core.sessions_by_ip
-        for row in clients:
-            row["open"] = len(by_ip.get(row["ip"], ()))
-        return {
-            "enabled": True,
-            "window": window,
-            "tracked": tracker.tracked(now, window),
-            "capacity": tracker.capacity,
-            "clients": clients,
-        }
-
-    def session(self, args: dict) -> dict:
-        """One session in detail: its connection, the request in progress, the last one."""
-        session_id = _arg(args, "id", int)
-        core = self.core
-        session = core.sessions.get(session_id)
-        if session is None:
-            raise CommandError(f"no session {session_id}")
-        now = core.loop.now
-        listener = session.listener
-        last = session.last_request
-        return {
-            **session_row(session, now),
-            "port": session.conn.peer_port,
-            "listener": _address(listener.host, listener.port),
-            "last_request": None
-            if last is None
-            else {
-                "method": last.method,
-                "target": last.target,
-                "version": last.version,
-                "headers": [
-                    [name, HIDDEN if name.lower() in SECRET_FIELDS else value]
-                    for name, value in last.raw_headers
-                ],
-                "user_agent": last.headers.get("user-agent"),
-                "status": session.last_status,
-                "bytes": session.last_bytes,
-                "duration_ms": round(session.last_elapsed * 1000, 3),
-                "ago": round(now - session.last_done, 3),
-            },
-            "upstream": session.upstream or None,
-            "tls": None,
-        }
-
-    def block(self, args: dict) -> Any:
-        return self._policy(
-            lambda: self.core.block(
-                _arg(args, "cidr", str),
-                route=_arg(args, "route", str, None),
-                seconds=_arg(args, "seconds", (int, float), None),
-            )
-        )
-
-    def unblock(self, args: dict) -> Any:
-        return self._policy(
-            lambda: self.core.unblock(_arg(args, "cidr", str), route=_arg(args, "route", str, None))
-        )
-
-    def gzip(self, args: dict) -> Any:
-        """`enabled` true/false sets, omitted toggles, `reset` returns to the config file's."""
-        route = _arg(args, "route", str)
-        enabled = _arg(args, "enabled", bool, None)
-
-        def apply() -> Any:
-            if _arg(args, "reset", bool, False):
-                return self.core.set_gzip(route, None)
-            wanted = enabled
-            if wanted is None:
-                wanted = not self.core.runtime.resolve(route)[1].gzip_enable
-            return self.core.set_gzip(route, wanted)
-
-        return self._policy(apply)
-
-    def kill(self, args: dict) -> dict:
-        session_id = _arg(args, "session", int)
-        session = self.core.sessions.get(session_id)
-        if session is None:
-            raise CommandError(f"no session {session_id}")
-        row = session_row(session, self.core.loop.now)
-        session.conn.close()
-        return {"killed": row}
-
-    def drain(self, args: dict) -> Any:
-        return self._policy(lambda: self.core.drain_upstream(_arg(args, "upstream", str)))
-
-    def enable(self, args: dict) -> Any:
-        return self._policy(lambda: self.core.enable_upstream(_arg(args, "upstream", str)))
-
-    def reload(self, args: dict) -> dict:
-        ok, message = self.core.reload()
-        if not ok:
-            raise CommandError(message)
-        return {"reloaded": self.core.config.path}
-
-    @staticmethod
-    def _policy(action: Callable[[], Any]) -> Any:
-        """Run a core policy function; its ValueError/KeyError is the operator's mistake."""
-        try:
-            return action()
-        except (ValueError, KeyError) as exc:
-            raise CommandError(str(exc).strip("'\"")) from None
 
 
 def _address(host: str, port: int) -> str:
@@ -491,7 +565,7 @@ class ControlClient:
         are not even built for it, the rest wait in a queue of one second's worth (oldest
         dropped), and every loss is counted."""
         try:
-            max_rate = _arg(args if isinstance(args, dict) else {}, "max_rate", int, 0)
+            max_rate = SUBSCRIBE_MAX_RATE.take(args if isinstance(args, dict) else {})
         except CommandError as exc:
             return {"ok": False, "error": str(exc)}
         if self.subscription is not None:

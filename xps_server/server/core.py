@@ -83,7 +83,8 @@ class Core:
         self._serve(self.routing)
 
     def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
-        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened."""
+        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
+        and leaves those in `keep` serving what they served."""
         bound: dict[tuple[str, int], Listener] = {}
         try:
             for key in config.listeners():

@@ -14,12 +14,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from xps_server.config.model import ROUTE_TYPES
 from xps_server.traffic import TrafficStats, prometheus_buckets
 
 if TYPE_CHECKING:
     from xps_server.server.core import Core
-
-ROUTE_TYPES = ("file_serve", "reverse_proxy", "redirect", "metrics")
 
 
 class Stats:

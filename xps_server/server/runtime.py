@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from xps_server.config.routes import route_key
 from xps_server.policy.acl import NetSet, build_access, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
+from xps_server.server.commands import CommandError
 from xps_server.server.state import load_state
 from xps_server.server.state_writer import Durable, StateWriter
 
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from xps_server.server.routing import RouteState, Routing
 
 log = logging.getLogger("xps.runtime")
-
-
-class CommandError(ValueError):
-    """An operator command that cannot be applied; the message says why."""
 
 
 class Runtime:
