@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 
 class Counters(Protocol):
+    conn_timeout: int
     gzip_responses: int
+    tunnels_current: int
+    tunnels_total: int
 
 
 class Services(Protocol):
@@ -85,6 +88,12 @@ class RouteContext(Protocol):
     def stream_failed(self, status: int) -> None: ...
     def resume_body(self) -> None: ...
     def arm_timer(self) -> None: ...
+    # Protocol upgrades (routes.tunnel): the request asked for one; the upstream agreed (the
+    # connection is the tunnel's, and the bytes the client sent past the request come back);
+    # the tunnel closed the connection.
+    def expect_upgrade(self) -> None: ...
+    def switch_protocols(self, tunnel: object) -> bytes: ...
+    def tunnel_closed(self) -> None: ...
 
 
 class RouteHandler(Protocol):

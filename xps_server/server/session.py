@@ -86,6 +86,8 @@ class Session:
         "top_refused",
         "top_requests",
         "top_sent",
+        "tunnel",
+        "upgrading",
         "upstream",
     )
 
@@ -128,6 +130,10 @@ class Session:
         self.linger_on_close = False  # the client may still be sending when we close
         self.lingering = False
         self.linger_until = 0.0
+        # A request asked to switch protocols and waits for the upstream's answer; the tunnel
+        # the connection became once it agreed (routes.tunnel).
+        self.upgrading = False
+        self.tunnel: object | None = None
         self.timer = core.loop.timer(self.on_timeout)
         # A fresh connection must send its head within client_header, as in nginx.
         self.timer.reset(core.loop.now + core.config.timeouts.client_header)
@@ -189,7 +195,10 @@ class Session:
             conn.close()  # idle keep-alive, a stalled body, or a client too slow to read
 
     def drain(self) -> None:
-        """Shutdown: finish the response in flight, take no further request."""
+        """Shutdown: finish the response in flight, take no further request. A tunnel stays
+        until it ends or the grace does."""
+        if self.tunnel is not None:
+            return
         if self.producer is not None:
             self.close_after = True  # its request was handled before the drain: close after it
             return
@@ -350,8 +359,31 @@ class Session:
                 self._close()
             return
         self.process()
-        if conn.read_paused and not conn.out.full() and not conn.closed:
+        if conn.read_paused and not conn.out.full() and not conn.closed and not self.upgrading:
             conn.resume_reading()
+
+    def expect_upgrade(self) -> None:
+        """The request asks to switch protocols: what the client sends after it is not HTTP,
+        so nothing more is read until the upstream answers, and the connection closes after
+        any answer but a 101 (as it may hold bytes of another protocol)."""
+        self.upgrading = True
+        self.close_after = True
+        self.conn.pause_reading()
+
+    def switch_protocols(self, tunnel: object) -> bytes:
+        """The upstream switched protocols: the request is done (101) and the connection is
+        `tunnel`'s from now on. Returns what the client sent after the request, unparsed."""
+        self.upgrading = False
+        self.producer = None
+        self.tunnel = tunnel
+        self.timer.cancel()  # the tunnel's own timer watches the connection
+        self.finish(101, 0)
+        return self.parser.take_rest()
+
+    def tunnel_closed(self) -> None:
+        """The tunnel closed the connection: the session ends with it."""
+        self.timer.close()
+        self.core.session_closed(self)
 
     def resume_body(self) -> None:
         """The producer can take request body again."""
