@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
@@ -23,9 +26,12 @@ from websockets.sync.server import Server, ServerConnection, serve
 from tests.backends import Backend, BackendConn, Req, response
 from tests.helpers import Client, RunningServer, read_until_close, wait_until
 from tests.helpers import connect as tcp_connect
+from xps_server.http.parser import ParseError, Request, RequestParser
 from xps_server.network.connection import RECV_SIZE
+from xps_server.routes.tunnel import requested_upgrade
 from xps_server.server.control import CommandAPI
 
+CLEAN_PROTOCOL = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(/[A-Za-z0-9!#$%&'*+.^_`|~-]+)?")
 MESSAGE = 1 << 20  # bytes per message of the large transfers
 TRANSFER = 50 * MESSAGE
 
@@ -133,6 +139,66 @@ def gone(server: RunningServer) -> bool:
 UPGRADE = (
     b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo-proto/1\r\n\r\n"
 )
+
+
+# --- which requests may upgrade -----------------------------------------------------------------
+def parsed(head: bytes) -> Request:
+    parser = RequestParser()
+    parser.feed(head)
+    request = parser.next_event()
+    assert isinstance(request, Request)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("connection", "upgrade", "expected"),
+    [
+        ("Upgrade", "websocket", "websocket"),
+        ("keep-alive, UPGRADE", "WebSocket", "WebSocket"),
+        ("upgrade", " foo/1.0 ,, bar ", "foo/1.0, bar"),
+        ("close", "websocket", None),
+        ("upgraded", "websocket", None),
+        ("upgrade", "", None),
+        ("upgrade", "h2c", None),
+        ("upgrade", "websocket, H2C/1", None),
+        ("upgrade", "web socket", None),
+        ("upgrade", "a/b/c", None),
+        ("upgrade", "websocket/", None),
+    ],
+)
+def test_which_upgrades_are_passed_on(connection, upgrade, expected):
+    head = f"GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\r\n"
+    assert requested_upgrade(parsed(head.encode())) == expected
+
+
+_FIELD_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=20)
+_CONNECTION = st.lists(
+    st.sampled_from(["upgrade", "Upgrade", " UPGRADE ", "close", "keep-alive"]) | _FIELD_TEXT,
+    max_size=4,
+).map(",".join)
+_UPGRADE = st.lists(
+    st.sampled_from(["websocket", "h2c", "H2C/2", "foo/1.0", " x ", "a/b/c", ""]) | _FIELD_TEXT,
+    max_size=4,
+).map(",".join)
+
+
+@given(connection=_CONNECTION, upgrade=_UPGRADE)
+def test_a_passed_on_upgrade_is_always_a_clean_protocol_list(connection, upgrade):
+    """Whatever the fields hold, what goes upstream is protocol tokens joined by ", ", and the
+    request asked for it: never h2c, never anything that could break the head."""
+    head = f"GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\r\n"
+    try:
+        request = parsed(head.encode("latin-1"))
+    except ParseError:
+        return
+    protocols = requested_upgrade(request)
+    event(f"passed on: {protocols is not None}")
+    if protocols is None:
+        return
+    assert "upgrade" in [t.strip(" \t") for t in connection.lower().split(",")]
+    for protocol in protocols.split(", "):
+        assert CLEAN_PROTOCOL.fullmatch(protocol)
+        assert protocol.partition("/")[0].lower() != "h2c"
 
 
 # --- messages through -------------------------------------------------------------------------
@@ -313,6 +379,28 @@ def test_a_block_closes_the_clients_tunnels(ws_upstream, proxy):
         other.send("still here")
         assert other.recv() == "still here"
         assert server.call(lambda: server.core.stats.tunnels_current) == 1
+
+
+def test_kill_closes_a_tunnel(ws_upstream, proxy):
+    server = proxy(ws_upstream())
+    with ws_connect(server) as ws:
+        ws.send("a")
+        assert ws.recv() == "a"
+        (row,) = command(server, "snapshot")["sessions"]["rows"]
+        assert command(server, "kill", session=row["id"])["killed"]["state"] == "tunnel"
+        wait_until(lambda: closed(ws))
+    wait_until(lambda: gone(server))
+
+
+def test_shutdown_leaves_tunnels_their_grace_then_closes_them(ws_upstream, proxy):
+    server = proxy(ws_upstream())
+    with ws_connect(server) as ws:
+        server.server.shutdown(grace=3)
+        wait_until(lambda: server.call(lambda: server.core.draining))
+        ws.send("still open")  # the drain took no further request, yet the tunnel goes on
+        assert ws.recv() == "still open"
+        wait_until(lambda: closed(ws), timeout=15)
+    assert server.server.wait(5)
 
 
 # --- what is not tunneled -----------------------------------------------------------------------
