@@ -11,6 +11,10 @@ answered (local routes answer at the head) gets no second one: the connection cl
 session closes while the client may still be sending, it closes lingering, as nginx does: our
 side is shut, what still arrives is read and dropped for a few seconds, so the client's kernel
 does not answer our last response with a reset that destroys it unread.
+
+A request that switches protocols (a WebSocket through a proxy route) hands the connection to
+a tunnel (`routes.tunnel`) once the upstream agrees: the session stays listed, in state
+`tunnel`, until the tunnel closes the connection.
 """
 
 from __future__ import annotations
