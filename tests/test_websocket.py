@@ -381,6 +381,29 @@ def test_a_block_closes_the_clients_tunnels(ws_upstream, proxy):
         assert server.call(lambda: server.core.stats.tunnels_current) == 1
 
 
+def test_a_block_on_the_route_closes_the_clients_tunnels_there(ws_upstream, start_server):
+    port = ws_upstream()
+    routes = [
+        {"req_path": path, "type": "reverse_proxy", "upstreams": [f"127.0.0.1:{port}"]}
+        for path in ("/a", "/b")
+    ]
+    server = start_server(routes)
+    with (
+        ws_connect(server, "/a", source="127.0.0.2") as on_a,
+        ws_connect(server, "/b", source="127.0.0.2") as on_b,
+    ):
+        for ws in (on_a, on_b):
+            ws.send("hi")
+            assert ws.recv() == "hi"
+        assert command(server, "block", cidr="127.0.0.2", route="/a")["closed"] == 1
+        wait_until(lambda: closed(on_a))
+        on_b.send("still here")
+        assert on_b.recv() == "still here"
+        client = Client(server.port, source="127.0.0.2")
+        assert client.request("GET", "/a").status == 403
+        client.close()
+
+
 def test_kill_closes_a_tunnel(ws_upstream, proxy):
     server = proxy(ws_upstream())
     with ws_connect(server) as ws:

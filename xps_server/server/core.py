@@ -301,7 +301,8 @@ class Core:
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
     def block(self, cidr: str, route: str | None = None, seconds: float | None = None) -> dict:
         """Block an address or CIDR globally (refused at accept, its open connections closed)
-        or on one route (403 there), for `seconds` or until unblocked; kept in state_file."""
+        or on one route (403 there, its tunnels there closed), for `seconds` or until
+        unblocked; kept in state_file."""
         return self.runtime.block(cidr, route, seconds)
 
     def unblock(self, cidr: str, route: str | None = None) -> dict:
