@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from xps_server.core.loop import EPOLLOUT, Loop
@@ -27,6 +26,8 @@ from xps_server.network.balancer import Balancer
 from xps_server.network.connection import NO_HANDLER, READ_MASK, WRITE_MASK, Connection
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from xps_server.config import Config, Route
     from xps_server.events import EventBus
     from xps_server.traffic import TrafficStats
