@@ -10,9 +10,11 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from xps_server.core.loop import EPOLLIN, Loop
 from xps_server.core.throttle import LogThrottle
+from xps_server.network.connection import Peer
 
 log = logging.getLogger("xps.listener")
 
@@ -23,21 +25,24 @@ ACCEPT_LOG_INTERVAL = 10.0  # out of descriptors: one log line per this many sec
 # client waiting in the backlog would fail the same way until something is freed.
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
-AcceptCallback = Callable[["Listener", socket.socket, tuple], None]
+_Server = TypeVar("_Server")  # what the layer above keeps per server sharing the listener
+AcceptCallback = Callable[["Listener[_Server]", socket.socket, Peer], None]
 
 
 def _family_for(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-class Listener:
+class Listener(Generic[_Server]):
     """One bound, listening, non-blocking socket on the loop."""
 
-    def __init__(self, loop: Loop, host: str, port: int, on_accept: AcceptCallback) -> None:
+    def __init__(
+        self, loop: Loop, host: str, port: int, on_accept: AcceptCallback[_Server]
+    ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
-        self.servers: list = []
+        self.servers: list[_Server] = []
         self._on_accept = on_accept
         bind_host = "127.0.0.1" if host == "localhost" else host
         self.family = _family_for(bind_host)
@@ -66,7 +71,8 @@ class Listener:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]
+        address: tuple[str, int] = self.sock.getsockname()[:2]  # AF_INET or AF_INET6
+        return address
 
     def on_event(self, _mask: int) -> None:
         # socket.accept() converts the listener's family and type to enums on every call;
