@@ -76,9 +76,10 @@ class Listener(Generic[_Server]):
 
     def on_event(self, _mask: int) -> None:
         # socket.accept() converts the listener's family and type to enums on every call;
-        # taking the descriptor and wrapping it with the known family skips that work.
+        # taking the descriptor and wrapping it with the known family skips that work. (The
+        # stubs do not list _accept, the C method socket.accept() itself calls.)
         try:
-            fd, peer = self.sock._accept()
+            fd, peer = self.sock._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
             return  # the client gave up (or another process took it)
         except OSError as exc:
