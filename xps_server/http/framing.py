@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, final
 
 __all__ = [
     "END_OF_MESSAGE",
@@ -64,6 +64,7 @@ class EndOfMessage(Sentinel):
 END_OF_MESSAGE: Final = EndOfMessage.END_OF_MESSAGE
 
 
+@final  # consumers tell events apart with `type(event) is Data`
 class Data:
     """One piece of message body bytes."""
 

@@ -18,6 +18,7 @@ shared with `response_parser.ResponseParser`; this module re-exports the events 
 from __future__ import annotations
 
 import re
+from typing import final
 
 from xps_server.http.framing import (
     END_OF_MESSAGE,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 
+@final  # the session tells events apart with `type(event) is Request`
 class Request:
     """A parsed request head. `path` and `query` are still percent-encoded."""
 

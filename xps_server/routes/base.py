@@ -44,8 +44,9 @@ class Services(Protocol):
     gzip_cache: GzipCache
     upstreams: UpstreamRegistry
     writer: ResponseWriter
-    stats: Counters
 
+    @property
+    def stats(self) -> Counters: ...  # read-only here, so the core's own `Stats` satisfies it
     def metrics_snapshot(self) -> dict[str, Any]: ...
     def metrics_prometheus(self) -> str: ...
 
@@ -71,14 +72,21 @@ class RouteSwitches(Protocol):
 
 
 class RouteContext(Protocol):
-    """One client connection's view, as a handler sees it (the session implements it)."""
+    """One client connection's view, as a handler sees it (the session implements it). What
+    a handler only reads is a property here, so the session's narrower types (its `Core`,
+    its `RouteState`) satisfy it."""
 
-    id: int
-    core: Services
-    conn: Connection
     close_after: bool
-    route_state: RouteSwitches | None  # the request's route's (set before the handler runs)
     upstream: str  # the upstream the latest proxied request used, for the operator
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def core(self) -> Services: ...
+    @property
+    def conn(self) -> Connection: ...
+    @property
+    def route_state(self) -> RouteSwitches | None: ...  # set before the handler runs
 
     def stream(self, producer: Producer) -> None: ...
     def start_body(

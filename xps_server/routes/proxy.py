@@ -41,9 +41,10 @@ from xps_server.disk.gzip import MIN_LENGTH as GZIP_MIN_LENGTH
 from xps_server.disk.gzip import accepts_gzip, compressible, gzip_etag
 from xps_server.events import Timeout
 from xps_server.http.parser import END_OF_MESSAGE, NEED_DATA, Data, ParseError
-from xps_server.http.response_parser import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE
+from xps_server.http.response_parser import CHUNKED, CLOSED, LENGTH, NO_BODY, UNTIL_CLOSE
 from xps_server.http.response_parser import Response as UpstreamResponse
 from xps_server.http.writer import LAST_CHUNK, RelayedResponse, Response, chunk
+from xps_server.network.connection import NO_HANDLER
 from xps_server.network.upstream import LocalConnectError
 from xps_server.routes.tunnel import open_tunnel, requested_upgrade
 
@@ -332,7 +333,7 @@ class ProxyStream:
         if reuse:
             state.park(conn)
         else:
-            conn.handler = None
+            conn.handler = NO_HANDLER
             conn.close()
 
     def _progress(self) -> None:
@@ -355,7 +356,7 @@ class ProxyStream:
 
     def on_connect_failed(self, error: str) -> None:
         assert self.conn is not None
-        pending = b"".join(self.conn.out.items)  # all still queued: none of it was sent
+        pending = self.conn.queued()
         self._detach(False)
         self._failed(f"connect: {error}")
         self.dispatch(pending)
@@ -415,19 +416,18 @@ class ProxyStream:
             if event is NEED_DATA:
                 self._batch_done(conn)
                 return
-            kind = type(event)
-            if kind is Data:
+            if type(event) is Data:
                 body = self.body
                 if body is not None:
                     body.write(event.data)
-            elif kind is UpstreamResponse:
-                self._head(event)
             elif event is END_OF_MESSAGE:
                 self._end()
                 return
-            else:  # CLOSED: the upstream closed before a response
+            elif event is CLOSED:  # the upstream closed before a response
                 self._lost("upstream closed the connection")
                 return
+            else:
+                self._head(event)
 
     def _head(self, upstream: UpstreamResponse) -> None:
         """A response head: an interim one is relayed, the final one starts the client's."""

@@ -86,9 +86,11 @@ class Runtime:
     def _refresh_access(self, key: str | None) -> None:
         """Give the route named `key` the access check its lists and blocks make now. A new
         `Access` each time: its memoised verdicts were taken under the old sets."""
-        state = self._states.get(key) if key is not None else None
+        if key is None:
+            return  # a global block: checked at accept
+        state = self._states.get(key)
         if state is None:
-            return  # a global block (checked at accept) or one that outlived its route
+            return  # a block that outlived its route
         blocked = self.blocklist.route_sets.get(key)
         state.access = build_access(state.whitelist, state.blacklist, blocked, key)
 
@@ -380,6 +382,6 @@ def _on_route(session: Session, route: str) -> bool:
 
 def _network(cidr: object) -> str:
     try:
-        return str(parse_network(cidr))  # type: ignore[arg-type]
+        return str(parse_network(cidr))
     except ValueError as exc:
         raise CommandError(str(exc)) from None

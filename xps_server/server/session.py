@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
     from xps_server.server.core import Core
-    from xps_server.server.routing import RouteState
+    from xps_server.server.routing import RouteState, ServerView
     from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")
@@ -95,7 +95,9 @@ class Session:
         "upstream",
     )
 
-    def __init__(self, core: Core, listener: Listener, conn: Connection, session_id: int) -> None:
+    def __init__(
+        self, core: Core, listener: Listener[ServerView], conn: Connection, session_id: int
+    ) -> None:
         self.core = core
         self.listener = listener
         self.conn = conn
@@ -407,6 +409,7 @@ class Session:
             self.close_after = True
         servers = self.listener.servers
         server = servers[0] if len(servers) == 1 else find_server(servers, request.host)
+        path: str | None  # None: normalize_path refused it
         path = request.path
         if "%" in path or "/." in path or "//" in path or path[:1] != "/":
             path = normalize_path(path)
