@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.output import BodyStream
     from xps_server.network.upstream import UpstreamRegistry
+    from xps_server.routes.tunnel import Tunnel
 
 
 class Counters(Protocol):
@@ -100,7 +101,7 @@ class RouteContext(Protocol):
     # connection is the tunnel's, and the bytes the client sent past the request come back);
     # the tunnel closed the connection.
     def expect_upgrade(self) -> None: ...
-    def switch_protocols(self, tunnel: object) -> bytes: ...
+    def switch_protocols(self, tunnel: Tunnel) -> bytes: ...
     def tunnel_closed(self) -> None: ...
 
 

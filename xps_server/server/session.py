@@ -35,6 +35,7 @@ from xps_server.routes.base import Producer
 if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+    from xps_server.routes.tunnel import Tunnel
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, ServerView
     from xps_server.traffic import TrafficStats
@@ -139,7 +140,7 @@ class Session:
         # A request asked to switch protocols and waits for the upstream's answer; the tunnel
         # the connection became once it agreed (routes.tunnel).
         self.upgrading = False
-        self.tunnel: object | None = None
+        self.tunnel: Tunnel | None = None
         self.timer = core.loop.timer(self.on_timeout)
         # A fresh connection must send its head within client_header, as in nginx.
         self.timer.reset(core.loop.now + core.config.timeouts.client_header)
@@ -376,7 +377,7 @@ class Session:
         self.close_after = True
         self.conn.pause_reading()
 
-    def switch_protocols(self, tunnel: object) -> bytes:
+    def switch_protocols(self, tunnel: Tunnel) -> bytes:
         """The upstream switched protocols: the request is done (101) and the connection is
         `tunnel`'s from now on. Returns what the client sent after the request, unparsed."""
         self.upgrading = False
