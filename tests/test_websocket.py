@@ -9,6 +9,7 @@ play the peers of a generic upgrade and of the refusals.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import re
@@ -28,7 +29,7 @@ from tests.helpers import Client, RunningServer, read_until_close, wait_until
 from tests.helpers import connect as tcp_connect
 from xps_server.http.parser import ParseError, Request, RequestParser
 from xps_server.network.connection import RECV_SIZE
-from xps_server.routes.tunnel import requested_upgrade
+from xps_server.routes.tunnel import Tunnel, requested_upgrade
 from xps_server.server.control import CommandAPI
 
 CLEAN_PROTOCOL = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(/[A-Za-z0-9!#$%&'*+.^_`|~-]+)?")
@@ -247,6 +248,24 @@ def test_tunnel_is_a_session_in_state_tunnel_and_counted(ws_upstream, proxy):
         assert "xps_tunnels_current 1\n" in text and "xps_tunnels_total 1\n" in text
     wait_until(lambda: metrics(server)["tunnels_current"] == 0)
     assert metrics(server)["tunnels_total"] == 1
+
+
+def test_a_closed_tunnel_leaves_no_reference_cycle(ws_upstream, proxy):
+    """The server makes cyclic garbage collection rare: a tunnel must be freed by its close."""
+    server = proxy(ws_upstream())
+    gc.collect()
+    gc.disable()
+    try:
+        with ws_connect(server) as ws:
+            ws.send("x")
+            assert ws.recv() == "x"
+            assert len(tunnels(server)) == 1
+        wait_until(lambda: gone(server))
+        server.call(server.core.accounting.report)  # it holds finished sessions until then
+        alive = server.call(lambda: sum(type(o) is Tunnel for o in gc.get_objects()))
+        assert alive == 0
+    finally:
+        gc.enable()
 
 
 # --- closes ---------------------------------------------------------------------------------------

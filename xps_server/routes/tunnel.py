@@ -176,9 +176,13 @@ class Tunnel:
         self.timer.close()
         self.ctx.core.stats.tunnels_current -= 1
         self.state.active -= 1
-        self.client.conn.close()
-        self.upstream.conn.close()
+        client, upstream = self.client, self.upstream
+        client.conn.close()
+        upstream.conn.close()
         self.ctx.tunnel_closed()
+        # Unlink: the tunnel, its ends and the session must not keep each other alive until
+        # the cyclic garbage collector runs (no event reaches the ends any more).
+        del client.tunnel, client.other, upstream.tunnel, upstream.other, self.ctx
 
 
 def open_tunnel(
