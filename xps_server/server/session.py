@@ -236,7 +236,11 @@ class Session:
             producer = self.producer
             if producer is not None:
                 if self.body_done:
-                    break  # the response is still streaming: the next request waits
+                    # The response is still streaming: the next request waits, and what the
+                    # client pipelines meanwhile waits in the socket beyond one head's worth.
+                    if parser.buffered > parser.max_header_bytes:
+                        conn.pause_reading()
+                    break
                 if producer.body_full():
                     conn.pause_reading()
                     break
