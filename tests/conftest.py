@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RunningServer, free_port, server_config
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -36,3 +37,12 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of its own for the test, on a free loopback port, no persistence."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -65,6 +65,7 @@ def test_every_command_in_the_table_is_reachable_over_the_control_socket(served)
         "drain": {"upstream": upstream},
         "enable": {"upstream": upstream},
         "reload": {},
+        "fleet": {},
     }
     assert set(args) == set(COMMANDS)  # a command added to the table gets a line here
     for request_id, (name, command) in enumerate(COMMANDS.items(), 1):

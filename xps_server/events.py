@@ -135,6 +135,24 @@ class ConfigReloaded(Event):
     kind = "config_reloaded"
 
 
+@dataclass(slots=True)
+class FleetConnected(Event):
+    """The fleet's Redis answers again (or for the first time): the block list is shared."""
+
+    redis: str  # the URL, without a password
+    kind = "fleet_connected"
+
+
+@dataclass(slots=True)
+class FleetDisconnected(Event):
+    """The fleet's Redis is out of reach: this instance enforces what it knows and queues its
+    own changes until it is back."""
+
+    redis: str
+    error: str
+    kind = "fleet_disconnected"
+
+
 class Subscription:
     """One consumer's bounded queue; `take` may run on any thread (deque ops are atomic).
 

@@ -1,12 +1,13 @@
 """Configuration: the JSON config file's model, its loader/validator, and route lookup."""
 
 from .load import ConfigError, load_config, parse_config
-from .model import Config, Limits, Listener, Route, Server, Timeouts, Upstream
+from .model import Config, Fleet, Limits, Listener, Route, Server, Timeouts, Upstream
 from .routes import find_route, find_server, route_key
 
 __all__ = [
     "Config",
     "ConfigError",
+    "Fleet",
     "Limits",
     "Listener",
     "Route",

@@ -7,11 +7,13 @@ carries them all. Unknown keys are errors so that typos do not silently fall bac
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import math
 import os
 import re
+import socket
 from dataclasses import fields
 from typing import Any, TypeGuard
 
@@ -20,6 +22,7 @@ from .model import (
     REDIRECT_CODES,
     ROUTE_TYPES,
     Config,
+    Fleet,
     Limits,
     Listener,
     Route,
@@ -40,8 +43,11 @@ _TOP_KEYS = frozenset(
         "timeouts",
         "limits",
         "servers",
+        "fleet",
     }
 )
+_FLEET_KEYS = frozenset({"redis", "name", "prefix"})
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _SERVER_KEYS = frozenset({"listeners", "hostnames", "routes"})
 _LISTENER_KEYS = frozenset({"host", "port"})
 _UPSTREAM_KEYS = frozenset({"addr", "weight"})
@@ -342,6 +348,9 @@ class _Checker:
             config.timeouts = self.timeouts(top["timeouts"])
         if "limits" in top:
             config.limits = self.limits(top["limits"])
+        fleet = top.get("fleet")
+        if fleet is not None:
+            config.fleet = self.fleet(fleet)
 
         servers = top.get("servers", _MISSING)
         if servers is _MISSING:
@@ -378,6 +387,27 @@ class _Checker:
                 default = getattr(limits, name)
                 setattr(limits, name, self.integer(data, name, "limits", default, 1))
         return limits
+
+    def fleet(self, value: object) -> Fleet | None:
+        data = self.obj(value, "fleet", _FLEET_KEYS)
+        if data is None:
+            return None
+        url = data.get("redis", _MISSING)
+        if url is _MISSING:
+            self.problem("fleet.redis", "required")
+            return None
+        url = self.text(url, "fleet.redis")
+        if url is not None and not url.startswith(_REDIS_SCHEMES):
+            self.expected("fleet.redis", "a redis://, rediss:// or unix:// URL", url)
+            url = None
+        name = self.text(data.get("name", socket.gethostname()), "fleet.name")
+        prefix = self.text(data.get("prefix", "xps"), "fleet.prefix")
+        if importlib.util.find_spec("redis") is None:
+            self.problem("fleet", "needs the redis package: pip install 'xps[fleet]'")
+            return None
+        if url is None or name is None or prefix is None:
+            return None
+        return Fleet(url, name, prefix)
 
     def server(self, value: object, path: str) -> Server | None:
         data = self.obj(value, path, _SERVER_KEYS)

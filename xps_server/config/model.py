@@ -99,6 +99,16 @@ class Server:
 
 
 @dataclass(slots=True)
+class Fleet:
+    """One block list for many instances: where the fleet's Redis is, this instance's name in
+    it (unique in the fleet), and the prefix of the fleet's keys and channel."""
+
+    redis: str
+    name: str
+    prefix: str = "xps"
+
+
+@dataclass(slots=True)
 class Config:
     """The whole configuration; `path` is the absolute config file path, or "" if none."""
 
@@ -113,6 +123,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     servers: list[Server] = field(default_factory=list)
+    fleet: Fleet | None = None  # None: this instance shares nothing
 
     def listeners(self) -> dict[tuple[str, int], list[Server]]:
         """Each distinct (host, port) to bind, with the servers sharing it in config order."""

@@ -145,7 +145,24 @@ def _snapshot(core: Core, args: dict[str, Any]) -> dict[str, Any]:
         "acl": core.acl_snapshot(),
         "metrics": core.metrics_snapshot(),
         "events": {"published": core.bus.published, "dropped": core.bus.dropped},
+        "fleet": _fleet_summary(core),
     }
+
+
+def _fleet_summary(core: Core) -> dict[str, Any] | None:
+    """The fleet in brief, for the console's header; None without a `fleet` config."""
+    link = core.fleet_link
+    if link is None:
+        return None
+    status = link.status()
+    return {key: status[key] for key in ("name", "redis", "connected", "alive", "queued")}
+
+
+def _fleet(core: Core, args: dict[str, Any]) -> dict[str, Any]:
+    link = core.fleet_link
+    if link is None:
+        return {"enabled": False, "instances": []}  # no `fleet` in the config
+    return link.status()
 
 
 def _top(core: Core, args: dict[str, Any]) -> dict[str, Any]:
@@ -358,6 +375,12 @@ COMMANDS: dict[str, Command] = {
             args=(Arg("upstream", str, _UPSTREAM),),
             mutating=True,
             persisted=True,
+        ),
+        Command(
+            "fleet",
+            "the fleet sharing this server's blocks: its Redis, and each instance with its "
+            "last heartbeat",
+            _fleet,
         ),
         Command(
             "reload",

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xps_server.config import Config, ConfigError, load_config
 from xps_server.core.loop import Loop
@@ -32,11 +32,15 @@ from xps_server.network.upstream import UpstreamRegistry
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
+from xps_server.server.fleetlink import FleetLink
 from xps_server.server.metrics import Stats, prometheus, snapshot
 from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
+
+if TYPE_CHECKING:
+    from xps_server.config import Fleet
 
 log = logging.getLogger("xps.core")
 
@@ -76,12 +80,26 @@ class Core:
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
         self.runtime = Runtime(self)
         self.runtime.attach(config, self.routing)
+        # The link to the fleet's Redis (config `fleet`), from `start` on.
+        self.fleet_link: FleetLink | None = None
 
     # --- listeners --------------------------------------------------------------------------
     def start(self) -> None:
         """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
         self.listeners = self._bind(self.config, {})
         self._serve(self.routing)
+        self._link_fleet(self.config.fleet)
+
+    def _link_fleet(self, settings: Fleet | None) -> None:
+        """Share the runtime's changes with the fleet `settings` name (None: with nobody),
+        replacing the link there was (its thread stops on its own)."""
+        old = self.fleet_link
+        if old is not None:
+            old.close(wait=False)
+        self.fleet_link = self.runtime.fleet = None
+        if settings is not None:
+            self.fleet_link = FleetLink(self.loop, self.bus, self.runtime, settings)
+            self.runtime.fleet = self.fleet_link
 
     def _bind(
         self, config: Config, keep: dict[tuple[str, int], Listener[ServerView]]
@@ -346,12 +364,15 @@ class Core:
             if key not in bound:
                 listener.close()
         self.listeners = bound
+        old_fleet = self.config.fleet
         self.config = config
         self.writer = ResponseWriter(config.server_name)
         self.files.clear()
         self.routing = self._configure(config)
         self.runtime.attach(config, self.routing)
         self._serve(self.routing)
+        if config.fleet != old_fleet:
+            self._link_fleet(config.fleet)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
             if old_log is not None:
@@ -388,6 +409,8 @@ class Core:
             session.conn.close()
         if self.access_log is not None:
             self.access_log.close()
+        if self.fleet_link is not None:
+            self.fleet_link.close()  # it posts to the loop: stopped before the loop closes
         self.runtime.close()
         self.accounting.close()
         self.upstreams.close()

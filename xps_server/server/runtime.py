@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from xps_server.config.routes import route_key
 from xps_server.policy.acl import NetSet, build_access, parse_network, peer_forms
@@ -48,6 +48,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("xps.runtime")
 
 
+class Sharing(Protocol):
+    """What the runtime tells of each local change: the fleet link."""
+
+    def publish(self, change: dict[str, Any]) -> None: ...
+
+
+class SharedState(NamedTuple):
+    """The part of the runtime state a fleet shares: blocks as (cidr, route, expires_at),
+    gzip overrides by route key, drained upstream addresses."""
+
+    blocks: list[tuple[str, str | None, float | None]]
+    gzip: dict[str, bool]
+    drained: list[str]
+
+
 class Runtime:
     """The runtime layer of one core: block list, gzip overrides, drains, their persistence."""
 
@@ -63,6 +78,8 @@ class Runtime:
         self._timer = core.loop.timer(self._expire)
         self._state_path = core.config.state_file
         self.state = StateWriter(core.loop, self._snapshot)
+        # Where local changes go to be shared with the fleet (the fleet link); None: alone.
+        self.fleet: Sharing | None = None
         self._load()
 
     # --- config -------------------------------------------------------------------------------
@@ -125,9 +142,8 @@ class Runtime:
             if not (math.isfinite(seconds) and seconds > 0):
                 raise CommandError(f"seconds must be a finite number > 0, got {seconds!r}")
             expires_at = time.time() + seconds
-        if self.blocklist.add(network, key, expires_at):
-            self._blocks_changed(key)
-        closed = self._close_connections(network, key)
+        closed = self._put_block(network, key, expires_at)
+        self._share({"op": "block", "cidr": network, "route": key, "expires_at": expires_at})
         log.info(
             "blocked %s %s%s (%d connections closed)",
             network,
@@ -148,11 +164,23 @@ class Runtime:
                 if not (isinstance(route, str) and self.blocklist.has_scope(route)):
                     raise
                 key = route
+        removed = self._drop_block(network, key)
+        # Shared even when it held nothing here: another instance may hold it.
+        self._share({"op": "unblock", "cidr": network, "route": key})
+        return {"cidr": network, "route": key, "removed": removed}
+
+    def _put_block(self, network: str, key: str | None, expires_at: float | None) -> int:
+        """Add or update a block and close what it refuses; the connections closed."""
+        if self.blocklist.add(network, key, expires_at):
+            self._blocks_changed(key)
+        return self._close_connections(network, key)
+
+    def _drop_block(self, network: str, key: str | None) -> bool:
         removed = self.blocklist.remove(network, key)
         if removed:
             self._blocks_changed(key)
             log.info("unblocked %s %s", network, "globally" if key is None else f"on {key}")
-        return {"cidr": network, "route": key, "removed": removed}
+        return removed
 
     def blocks(self) -> list[dict[str, Any]]:
         return self.blocklist.listing(time.time())
@@ -197,21 +225,25 @@ class Runtime:
     def set_gzip(self, route: object, enabled: object) -> dict[str, Any]:
         """Turn gzip on or off for a route; None drops the override (back to the config)."""
         key, found = self.resolve(route)
-        if enabled is None:
-            self.gzip_overrides.pop(key, None)
-            found.gzip_enable = found.route.gzip_enable
-        elif isinstance(enabled, bool):
-            self.gzip_overrides[key] = enabled
-            found.gzip_enable = enabled
-        else:
+        if enabled is not None and not isinstance(enabled, bool):
             raise CommandError(f"enabled must be true, false or null, got {enabled!r}")
-        self.state.changed()
-        log.info("gzip %s on route %s", "on" if found.gzip_enable else "off", key)
+        self._put_gzip(key, found, enabled)
+        self._share({"op": "gzip", "route": key, "enabled": enabled})
         return {
             "route": key,
             "gzip_enable": found.gzip_enable,
             "override": self.gzip_overrides.get(key),
         }
+
+    def _put_gzip(self, key: str, found: RouteState, enabled: bool | None) -> None:
+        if enabled is None:
+            self.gzip_overrides.pop(key, None)
+            found.gzip_enable = found.route.gzip_enable
+        else:
+            self.gzip_overrides[key] = enabled
+            found.gzip_enable = enabled
+        self.state.changed()
+        log.info("gzip %s on route %s", "on" if found.gzip_enable else "off", key)
 
     # --- upstreams ----------------------------------------------------------------------------
     def drain_upstream(self, addr: str) -> dict[str, Any]:
@@ -219,6 +251,7 @@ class Runtime:
         row = self.core.upstreams.drain(addr)
         self.drained.add(row["addr"])
         self.state.changed()
+        self._share({"op": "drain", "addr": row["addr"]})
         log.info("upstream %s drained", row["addr"])
         return row
 
@@ -234,8 +267,52 @@ class Runtime:
         if addr in self.drained:
             self.drained.discard(addr)
             self.state.changed()
+            self._share({"op": "enable", "addr": addr})
             log.info("upstream %s enabled", addr)
         return row
+
+    # --- the fleet ----------------------------------------------------------------------------
+    def _share(self, change: dict[str, Any]) -> None:
+        fleet = self.fleet
+        if fleet is not None:
+            fleet.publish(change)
+
+    def apply_shared(self, change: dict[str, Any]) -> None:
+        """Apply a change another instance of the fleet made (validated by the fleet link), as
+        the command would here, but without sharing it again. A route or upstream this
+        instance does not know is kept as a block or a drain (a reload may bring it) and
+        skipped for gzip."""
+        op = change["op"]
+        if op == "block":
+            self._put_block(change["cidr"], change["route"], change["expires_at"])
+        elif op == "unblock":
+            self._drop_block(change["cidr"], change["route"])
+        elif op == "gzip":
+            found = self._states.get(change["route"])
+            if found is not None and self.gzip_overrides.get(found.key) != change["enabled"]:
+                self._put_gzip(found.key, found, change["enabled"])
+        elif op == "drain":
+            addr = change["addr"]
+            if addr not in self.drained:
+                self.drained.add(addr)
+                self.state.changed()
+                if addr in self.core.upstreams:
+                    self.core.upstreams.drain(addr)
+        elif op == "enable":
+            addr = change["addr"]
+            if addr in self.drained:
+                self.drained.discard(addr)
+                self.state.changed()
+                if addr in self.core.upstreams:
+                    self.core.upstreams.enable(addr)
+
+    def shared_state(self) -> SharedState:
+        """Copies of what the fleet shares, as this instance holds it (for a reconciliation)."""
+        return SharedState(
+            [(network, route, at) for (route, network), at in self.blocklist.entries.items()],
+            dict(self.gzip_overrides),
+            sorted(self.drained),
+        )
 
     # --- listing ------------------------------------------------------------------------------
     def acl_routes(self) -> list[dict[str, Any]]:
