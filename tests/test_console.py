@@ -1317,3 +1317,31 @@ def test_one_snapshot_in_flight_rows_updated_in_place_keys_answer_under_flood():
             await pilot.press("q")
 
     asyncio.run(scenario())
+
+
+class FleetLink(CannedLink):
+    """A server in a fleet: its snapshot names the fleet, Redis up or down as set."""
+
+    fleet = {"name": "edge-1", "redis": "redis://r:6379/0", "connected": True, "alive": 3,
+             "queued": 0}  # fmt: skip
+
+    async def command(self, name: str, **args: Any) -> dict:
+        reply = await super().command(name, **args)
+        if name == "snapshot":
+            reply["result"]["fleet"] = dict(self.fleet)
+        return reply
+
+
+def test_the_header_shows_the_fleet_and_whether_redis_answers():
+    link = FleetLink()
+    app = ConsoleApp(link)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: "fleet edge-1: 3 alive" in app.sub_title)
+            assert app.sub_title.startswith("attached /run/xps/control.sock · ")
+            link.fleet = {**link.fleet, "connected": False, "queued": 4}
+            app.request_snapshot(fresh=True)
+            await until(pilot, lambda: "fleet edge-1: REDIS DOWN, 4 queued" in app.sub_title)
+
+    asyncio.run(scenario())

@@ -23,6 +23,7 @@ from xps_console.formatting import (
     event_kinds,
     event_line,
     filter_terms,
+    fleet_label,
     format_duration,
     human_age,
     human_bytes,
@@ -269,3 +270,16 @@ def test_numbers_keep_their_units_and_lines_their_kinds():
     (row,) = top_rows([{"ip": "10.0.0.1", "requests": 1520, "error_bound": 3}])
     assert str(row[1][1]) == "≈1,520"  # may be over-counted: said so
     assert dropped_line(603, ts=0).endswith("… 603 events dropped …")
+
+
+def test_the_fleet_in_the_header_and_its_events_in_the_log():
+    assert fleet_label(None) == ""
+    assert fleet_label({"name": "edge-1", "connected": True, "alive": 3}) == "fleet edge-1: 3 alive"
+    down = {"name": "edge-1", "connected": False, "alive": 3, "queued": 2}
+    assert fleet_label(down) == "fleet edge-1: REDIS DOWN, 2 queued"
+    lost = {"kind": "fleet_disconnected", "ts": 0, "redis": "redis://r:6379/0", "error": "refused"}
+    line = event_line(lost)
+    assert "fleet    Redis redis://r:6379/0 unreachable (refused)" in line
+    assert event_kinds(lost) & KIND_BITS["error"]
+    back = {"kind": "fleet_connected", "ts": 0, "redis": "redis://r:6379/0"}
+    assert "fleet    Redis redis://r:6379/0 connected" in event_line(back)

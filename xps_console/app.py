@@ -38,6 +38,7 @@ from xps_console.formatting import (
     dropped_line,
     event_kinds,
     event_line,
+    fleet_label,
     kill_question,
     last_upstream_routes,
     open_connections,
@@ -72,7 +73,15 @@ TOP_SORTS = COMMANDS["top"].arg("sort").choices  # what ranks the top clients
 SORTS = ("age", "bytes")  # the snapshot also sorts by "id", which is age order again
 SORT_NAMES = {"age": "oldest first", "bytes": "busiest first"}
 # Events after which the panels should not wait for the next periodic snapshot.
-REFRESHING_EVENTS = frozenset(("operator_action", "config_reloaded", "upstream_health"))
+REFRESHING_EVENTS = frozenset(
+    (
+        "operator_action",
+        "config_reloaded",
+        "upstream_health",
+        "fleet_connected",
+        "fleet_disconnected",
+    )
+)
 
 
 class ConsoleApp(App[None]):
@@ -184,6 +193,9 @@ class ConsoleApp(App[None]):
         listening = " ".join(listeners)
         self.title = f"eXpServer {listening}" if listening else "eXpServer"
         where = f"{self.link.mode} {self.link.target}"
+        fleet = fleet_label(self.last_snapshot.get("fleet"))
+        if fleet:
+            where = f"{where} · {fleet}"
         self.sub_title = where if self.connected else f"DISCONNECTED · retrying {where}"
 
     # --- events -----------------------------------------------------------------------------

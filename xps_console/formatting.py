@@ -611,6 +611,8 @@ _LABELS = {
     "link_closed": "link",
     "link_restored": "link",
     "control_reply": "control",
+    "fleet_connected": "fleet",
+    "fleet_disconnected": "fleet",
     "log": "log",
 }
 _LABEL_STYLES = {
@@ -626,6 +628,7 @@ _LABEL_STYLES = {
     "reload": "bold cyan",
     "link": "bold red",
     "control": "yellow",
+    "fleet": "bold cyan",
     "dropped": "reverse yellow",
 }
 _STATUS_STYLES = {"2": "green", "3": "cyan", "4": "yellow", "5": "bold red"}
@@ -669,8 +672,10 @@ def event_kinds(event: dict) -> int:
         return bits
     if kind == "config_reloaded":
         return OPERATOR | (0 if event.get("ok") else ERROR)
-    if kind in ("timeout", "link_closed", "control_reply"):
+    if kind in ("timeout", "link_closed", "control_reply", "fleet_disconnected"):
         return ERROR
+    if kind == "fleet_connected":
+        return ACL
     if kind == "log":
         return ERROR if event.get("level") in ("ERROR", "CRITICAL") else 0
     return 0
@@ -720,10 +725,28 @@ def event_message(event: dict) -> str:
         return f"{get('command')} {format_args(get('args') or {})} → {outcome} {detail}".rstrip()
     if kind == "log":
         return f"{get('level', 'INFO')} {get('logger')}: {_one_line(get('message', ''))}"
+    if kind == "fleet_connected":
+        return f"Redis {get('redis')} connected: blocks are shared with the fleet"
+    if kind == "fleet_disconnected":
+        return (
+            f"Redis {get('redis')} unreachable ({_one_line(get('error', ''))}): "
+            "enforcing what is known, changes queued"
+        )
     if kind in ("config_reloaded", "link_closed", "link_restored", "control_reply"):
         return _one_line(get("message", ""))
     rest = {k: v for k, v in event.items() if k not in ("kind", "ts")}
     return json.dumps(rest, default=str)
+
+
+def fleet_label(fleet: dict | None) -> str:
+    """The fleet in the header: this instance's name, the instances alive, Redis's state."""
+    if not fleet:
+        return ""
+    name = fleet.get("name", "?")
+    if not fleet.get("connected"):
+        queued = fleet.get("queued") or 0
+        return f"fleet {name}: REDIS DOWN" + (f", {queued} queued" if queued else "")
+    return f"fleet {name}: {fleet.get('alive', 0)} alive"
 
 
 def event_line(event: dict) -> str:
