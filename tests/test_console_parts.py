@@ -281,5 +281,9 @@ def test_the_fleet_in_the_header_and_its_events_in_the_log():
     line = event_line(lost)
     assert "fleet    Redis redis://r:6379/0 unreachable (refused)" in line
     assert event_kinds(lost) & KIND_BITS["error"]
+    change = {"kind": "fleet_change", "ts": 0, "by": "edge-2",
+              "change": {"op": "block", "cidr": "10.0.0.7/32", "route": None}}  # fmt: skip
+    assert event_line(change).endswith("fleet    edge-2: block cidr=10.0.0.7/32")
+    assert event_kinds(change) & KIND_BITS["acl"]
     back = {"kind": "fleet_connected", "ts": 0, "redis": "redis://r:6379/0"}
     assert "fleet    Redis redis://r:6379/0 connected" in event_line(back)

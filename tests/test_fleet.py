@@ -172,12 +172,17 @@ def test_a_block_on_one_instance_is_refused_at_accept_by_the_others(fleet, redis
     one, two, three = fleet("e1"), fleet("e2"), fleet("e3")
     for server in (one, two, three):
         assert status(server.port, source=BLOCKED) == 200
+    told = two.call(lambda: two.core.bus.subscribe())
     messages = redis_server.client().pubsub()
     messages.subscribe("t:changes")
     one.call(lambda: one.core.block(BLOCKED))
     for server in (two, three):
         wait_until(lambda server=server: refused(server.port, BLOCKED))
         assert status(server.port) == 200  # everyone else is served
+    (event,) = [e for e in told.take() if e.kind == "fleet_change"]
+    assert event.by == "e1"
+    assert event.change == {"op": "block", "cidr": f"{BLOCKED}/32", "route": None,
+                            "expires_at": None}  # fmt: skip
     # Redis holds the block.
     assert redis_server.client().hgetall("t:blocks").keys() == {f"{BLOCKED}/32|".encode()}
     # The others applied it without publishing it again: one message per change made.
@@ -274,7 +279,7 @@ def test_with_redis_down_instances_serve_enforce_and_catch_up(fleet, redis_serve
     fields = set(redis_server.client().hkeys("t:blocks"))
     assert fields == {f"{BLOCKED}/32|".encode(), b"127.0.0.7/32|"}
     for server, subscription in subscriptions.items():
-        kinds = [e.kind for e in subscription.take() if e.kind.startswith("fleet_")]
+        kinds = [e.kind for e in subscription.take() if e.kind.endswith("connected")]
         assert kinds == ["fleet_disconnected", "fleet_connected"], (server.port, kinds)
 
 

@@ -80,6 +80,7 @@ REFRESHING_EVENTS = frozenset(
         "upstream_health",
         "fleet_connected",
         "fleet_disconnected",
+        "fleet_change",
     )
 )
 

@@ -613,6 +613,7 @@ _LABELS = {
     "control_reply": "control",
     "fleet_connected": "fleet",
     "fleet_disconnected": "fleet",
+    "fleet_change": "fleet",
     "log": "log",
 }
 _LABEL_STYLES = {
@@ -676,6 +677,11 @@ def event_kinds(event: dict) -> int:
         return ERROR
     if kind == "fleet_connected":
         return ACL
+    if kind == "fleet_change":
+        op = (event.get("change") or {}).get("op")
+        return OPERATOR | (
+            ACL if op in ("block", "unblock") else UPSTREAM if op in _UPSTREAM_COMMANDS else 0
+        )
     if kind == "log":
         return ERROR if event.get("level") in ("ERROR", "CRITICAL") else 0
     return 0
@@ -725,6 +731,10 @@ def event_message(event: dict) -> str:
         return f"{get('command')} {format_args(get('args') or {})} → {outcome} {detail}".rstrip()
     if kind == "log":
         return f"{get('level', 'INFO')} {get('logger')}: {_one_line(get('message', ''))}"
+    if kind == "fleet_change":
+        change = {k: v for k, v in (get("change") or {}).items() if v is not None}
+        op = change.pop("op", "?")
+        return f"{get('by')}: {op} {format_args(change)}".rstrip()
     if kind == "fleet_connected":
         return f"Redis {get('redis')} connected: blocks are shared with the fleet"
     if kind == "fleet_disconnected":

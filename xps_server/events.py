@@ -153,6 +153,15 @@ class FleetDisconnected(Event):
     kind = "fleet_disconnected"
 
 
+@dataclass(slots=True)
+class FleetChange(Event):
+    """A change another instance of the fleet made, applied here."""
+
+    by: str  # that instance's name
+    change: dict[str, Any]  # op (block, unblock, gzip, drain, enable) and its arguments
+    kind = "fleet_change"
+
+
 class Subscription:
     """One consumer's bounded queue; `take` may run on any thread (deque ops are atomic).
 

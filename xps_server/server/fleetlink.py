@@ -52,7 +52,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from xps_server.events import FleetConnected, FleetDisconnected
+from xps_server.events import FleetChange, FleetConnected, FleetDisconnected
 from xps_server.policy.acl import parse_network
 
 if TYPE_CHECKING:
@@ -251,10 +251,14 @@ class FleetLink:
                 continue
             else:
                 self.received += 1
+            by = change.pop("by", None)
             try:
                 self.runtime.apply_shared(change)
             except Exception:
                 log.exception("fleet: cannot apply %r", change)
+                continue
+            if not ours and by is not None and self.bus.active:
+                self.bus.publish(FleetChange(time.time(), by, change))
 
     def _on_state(
         self, blocks: list[dict[str, Any]], gzip: dict[str, bool], drained: list[str]
@@ -407,7 +411,7 @@ class FleetLink:
         return False
 
     def _message(self, change: dict[str, Any]) -> str:
-        return json.dumps({**change, "origin": self.origin})
+        return json.dumps({**change, "origin": self.origin, "by": self.settings.name})
 
     def _write(self, client: _Client, change: dict[str, Any], replayed: bool) -> None:
         op = change["op"]
@@ -640,6 +644,9 @@ def _decode_change(data: object) -> dict[str, Any] | None:
             return None
         op = raw.get("op")
         change: dict[str, Any] = {"op": op, "origin": raw["origin"]}
+        by = raw.get("by")
+        if isinstance(by, str):
+            change["by"] = by
         if op == "block":
             change["cidr"] = _cidr(raw.get("cidr"))
             change["route"] = _route(raw.get("route"))
