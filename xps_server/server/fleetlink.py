@@ -72,7 +72,7 @@ FORGET_AFTER = 86400.0  # seconds a stopped instance stays in the listing
 BACKOFF_FIRST = 0.1  # seconds before the first reconnection attempt; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 5.0
 SOCKET_TIMEOUT = 2.0  # a Redis that stops answering is taken for down after this long
-MAX_QUEUED = 100_000  # local changes kept for Redis while it is down; the oldest go first
+MAX_QUEUED = 100_000  # local changes kept for Redis while it is down; more are not queued
 RECONCILE_CHUNK = 500  # blocks merged per round trip in a reconciliation
 CLOSE_TIMEOUT = 5.0
 
@@ -174,16 +174,15 @@ class FleetLink:
     # --- the loop side -------------------------------------------------------------------------
     def publish(self, change: dict[str, Any]) -> None:
         """A change made here: it goes to Redis and the fleet (loop thread; never waits)."""
+        ops = self._ops
+        if len(ops) >= MAX_QUEUED:
+            # Redis has been down long: the state file keeps the change, and the
+            # reconciliation shares its blocks, switches and drains (not its unblocks).
+            self.dropped += 1
+            return
         pending = self._pending
         key = _key_of(change)
         pending[key] = pending.get(key, 0) + 1
-        ops = self._ops
-        if len(ops) >= MAX_QUEUED:
-            # Redis has been down long: the state file keeps the change anyway.
-            dropped = ops.popleft()
-            if isinstance(dropped, dict):
-                self._settled(_key_of(dropped))
-            self.dropped += 1
         ops.append(change)
         os.eventfd_write(self._wake, 1)
 
@@ -208,6 +207,14 @@ class FleetLink:
         log.info("fleet: connected to %s as %s", self.url, self.settings.name)
         if self.bus.active:
             self.bus.publish(FleetConnected(time.time(), self.url))
+        # Echoes of what the last connection wrote are lost with it: only what is still
+        # queued will echo. (list() of a deque is one C call: the thread cannot pop midway.)
+        pending: dict[tuple[str, ...], int] = {}
+        for op in list(self._ops):
+            if isinstance(op, dict):
+                key = _key_of(op)
+                pending[key] = pending.get(key, 0) + 1
+        self._pending = pending
         self.reconciling = True
         self._ops.append(_Reconcile(self.runtime.shared_state()))
         os.eventfd_write(self._wake, 1)
@@ -215,12 +222,8 @@ class FleetLink:
     def _on_down(self, error: str) -> None:
         if self._closed:
             return
-        was = self.connected
         self.connected = False
-        if was or self.bus.active:
-            log.warning(
-                "fleet: Redis %s unreachable (%s); enforcing what is known", self.url, error
-            )
+        log.warning("fleet: Redis %s unreachable (%s); enforcing what is known", self.url, error)
         if self.bus.active:
             self.bus.publish(FleetDisconnected(time.time(), self.url, error))
 
@@ -315,7 +318,9 @@ class FleetLink:
             while True:
                 try:
                     client = self._connect(redis)
-                except (redis.RedisError, OSError) as exc:
+                except Exception as exc:
+                    if not isinstance(exc, redis.RedisError | OSError):
+                        log.exception("fleet: cannot connect to %s", self.url)
                     if was_up is not False:
                         self._post(partial(self._on_down, _describe(exc)))
                     was_up = False
@@ -323,16 +328,24 @@ class FleetLink:
                         return
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-                backoff = BACKOFF_FIRST
                 was_up = True
+                started = time.monotonic()
                 try:
                     if self._serve(client):
                         return
-                except (redis.RedisError, OSError, ValueError) as exc:
+                except Exception as exc:
+                    if not isinstance(exc, redis.RedisError | OSError):
+                        log.exception("fleet: the link to %s failed", self.url)
                     self._post(partial(self._on_down, _describe(exc)))
                     was_up = False
                 finally:
-                    client.close()
+                    _close_quietly(client)
+                # A connection that fails at once again and again must not spin.
+                if time.monotonic() - started > BACKOFF_MAX:
+                    backoff = BACKOFF_FIRST
+                if self._pause(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
             with self._lock:
                 self._wake_open = False
@@ -583,6 +596,13 @@ def _key_of(change: dict[str, Any]) -> tuple[str, ...]:
     if op == "gzip":
         return ("gzip", change["route"])
     return ("drain", change["addr"])
+
+
+def _close_quietly(client: _Client) -> None:
+    try:
+        client.close()
+    except Exception:  # a connection already broken: nothing more to release
+        log.debug("fleet: closing a broken connection", exc_info=True)
 
 
 def _drain_eventfd(fd: int) -> None:

@@ -14,6 +14,10 @@ is on disk, which is what a command's `persisted` reports. The state is read bac
 core starts and reapplied on every reload, so blocks, toggles and drains survive a restart or
 a crash.
 
+In a fleet (config `fleet`), each local change is also handed to `fleet` (the core's
+`FleetLink`, see `fleetlink.py`) as a small dict, and changes other instances made come back
+through `apply_shared`, which applies them the same way but never hands them on again.
+
 At start, temporary files a crashed write left beside the state file (``<state_file>.<pid>.tmp``)
 are removed, and a state file that cannot be read or decoded is kept aside as
 ``<state_file>.corrupt-<UTC time>`` (the server then starts with empty runtime state) instead
