@@ -321,7 +321,8 @@ def test_fleet_command_and_snapshot(fleet, start_server):
     assert rows["e1"]["self"] and not rows["e2"]["self"]
     assert all(row["alive"] and row["last_heartbeat"] > 0 for row in rows.values())
     assert command("snapshot")["result"]["fleet"]["alive"] == 2
-    two.stop()  # a stopped instance says it is gone
+    two.stop()  # a stopped instance says it is gone, and its thread ends
+    assert two.core.fleet_link is not None and not two.core.fleet_link._thread.is_alive()
     wait_until(lambda: command("fleet")["result"]["alive"] == 1)
     assert {row["name"] for row in command("fleet")["result"]["instances"]} == {"e1", "e2"}
     alone = start_server(routes=[])
