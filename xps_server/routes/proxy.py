@@ -70,6 +70,7 @@ HOP_BY_HOP = frozenset(
 # Fields we always write ourselves from what we parsed, so a peer never sees framing or a Host
 # other than ours: whatever a Connection header lists, these are never merely dropped.
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
+_OWS = " \t"  # the optional whitespace around a field value
 _FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
 _REQUEST_DROP = HOP_BY_HOP | _FORWARDED | _FRAMING | {"host"}
 _RESPONSE_DROP = HOP_BY_HOP | _FRAMING
@@ -111,13 +112,16 @@ def upstream_request_head(request: Request, client_ip: str, upgrade: str | None 
     if options:
         drop = drop | options
     forwarded_for = None
-    for name, value in request.raw_headers:
+    # The checked head lines, read here once rather than through `raw_headers`' list.
+    for line in request.lines[1:]:
+        name, _, value = line.partition(":")
         lname = name.lower()
         if lname in drop or "_" in lname:
             if lname == "x-forwarded-for":
+                value = value.strip(_OWS)
                 forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
             continue
-        add(f"{name}: {value}\r\n")
+        add(f"{name}: {value.strip(_OWS)}\r\n")
     host = request.host
     add(f"Host: {host}\r\n" if host else "Host: localhost\r\n")
     if request.chunked:
@@ -147,7 +151,11 @@ def _fields(
         options = _connection_options(connection)
         if options:
             drop = drop | options
-    lines = [f"{n}: {v}\r\n" for n, v in response.raw_headers if n.lower() not in drop]
+    lines = []
+    for line in response.lines[1:]:  # checked by the parser; as received, OWS trimmed
+        name, _, value = line.partition(":")
+        if name.lower() not in drop:
+            lines.append(f"{name}: {value.strip(_OWS)}\r\n")
     if more:
         lines.append(more)
     return "".join(lines).encode("latin-1")
