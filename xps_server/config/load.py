@@ -28,6 +28,8 @@ from .model import (
     Upstream,
 )
 
+MAX_WORKERS = 1024  # worker processes a config may ask for
+
 _TOP_KEYS = frozenset(
     {
         "server_name",
@@ -260,6 +262,15 @@ class _Checker:
             return value
         return default
 
+    def workers(self, value: object) -> int:
+        """`workers`: an integer in 1..MAX_WORKERS, or "auto" for one per CPU core."""
+        if value == "auto":
+            return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        if not _is_int(value) or not 1 <= value <= MAX_WORKERS:  # type: ignore[operator]
+            self.expected("workers", f'an integer in 1..{MAX_WORKERS} or "auto"', value)
+            return 1
+        return value  # type: ignore[return-value]
+
     def boolean(self, data: dict[str, Any], key: str, path: str, default: bool) -> bool:
         value = data.get(key, _MISSING)
         if value is _MISSING:
@@ -322,7 +333,7 @@ class _Checker:
     def top(self, top: dict[str, Any], config: Config) -> None:
         if "server_name" in top:
             config.server_name = self.text(top["server_name"], "server_name") or "eXpServer"
-        config.workers = self.integer(top, "workers", "", 1, 1)
+        config.workers = self.workers(top.get("workers", 1))
         config.top_clients = self.integer(top, "top_clients", "", config.top_clients, 0, 1_000_000)
         config.histograms = self.boolean(top, "histograms", "", config.histograms)
         for key in ("access_log", "state_file", "control_socket"):
