@@ -92,6 +92,21 @@ def load_config(path: str) -> Config:
     Relative paths inside it resolve against the file's folder. Raises :class:`ConfigError`
     for an unreadable file, malformed JSON (with line and column) or any invalid value.
     """
+    return config_from(read_config(path), path)
+
+
+def config_from(data: object, path: str) -> Config:
+    """Validate `data`, the decoded content of the config file at `path`."""
+    abs_path = os.path.abspath(path)
+    config = parse_config(data, os.path.dirname(abs_path))
+    config.path = abs_path
+    return config
+
+
+def read_config(path: str) -> object:
+    """The config file at `path`, decoded but not validated (what a master hands its workers,
+    so they run what it validated even if the file changes meanwhile); ConfigError if it
+    cannot be read or decoded."""
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
@@ -108,10 +123,7 @@ def load_config(path: str) -> Config:
     except (ValueError, RecursionError) as exc:
         # Integers past Python's digit limit raise plain ValueError; deep nesting recurses.
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    abs_path = os.path.abspath(path)
-    config = parse_config(data, os.path.dirname(abs_path))
-    config.path = abs_path
-    return config
+    return data
 
 
 def parse_config(data: object, base_dir: str) -> Config:

@@ -11,6 +11,7 @@ nothing of `xps_server.server`: the container is handed the table of handlers wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class Services(Protocol):
 
     def metrics_snapshot(self) -> dict[str, Any]: ...
     def metrics_prometheus(self) -> str: ...
+    def fleet_metrics(
+        self, as_prometheus: bool, answer: Callable[[bytes | None], None]
+    ) -> bool: ...
 
 
 class Producer(Protocol):

@@ -28,14 +28,69 @@ def wants_prometheus(request: Request) -> bool:
     return ("text/plain" in accept or "openmetrics" in accept) and "application/json" not in accept
 
 
-def serve_metrics(ctx: RouteContext, request: Request, route: Route, path: str) -> Response:
+def serve_metrics(ctx: RouteContext, request: Request, route: Route, path: str) -> Response | None:
     method = request.method
     if method != "GET" and method != "HEAD":
         return ctx.core.writer.error(405, ALLOW_FIELD)
-    if wants_prometheus(request):
+    as_prometheus = wants_prometheus(request)
+    fleet = FleetAnswer(ctx, as_prometheus)
+    if ctx.core.fleet_metrics(as_prometheus, fleet.answer):
+        # A worker: the answer comes (never within this call) once the master has every
+        # worker's figures.
+        ctx.stream(fleet)
+        return None
+    return own_figures(ctx, as_prometheus)
+
+
+def own_figures(ctx: RouteContext, as_prometheus: bool) -> Response:
+    """This process's figures."""
+    if as_prometheus:
         body = ctx.core.metrics_prometheus().encode()
-        fields = _TEXT_FIELDS
-    else:
-        body = json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n"
-        fields = _JSON_FIELDS
-    return Response(200, fields, body, len(body))
+        return Response(200, _TEXT_FIELDS, body, len(body))
+    body = json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n"
+    return Response(200, _JSON_FIELDS, body, len(body))
+
+
+class FleetAnswer:
+    """A worker's metrics request, answered once the master sends the fleet's figures."""
+
+    def __init__(self, ctx: RouteContext, as_prometheus: bool) -> None:
+        self.ctx: RouteContext | None = ctx
+        self.as_prometheus = as_prometheus
+        self.sent = False
+
+    def answer(self, body: bytes | None) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return  # the client left meanwhile
+        self.ctx = None
+        if body is None:
+            response = own_figures(ctx, self.as_prometheus)
+        else:
+            fields = _TEXT_FIELDS if self.as_prometheus else _JSON_FIELDS
+            response = Response(200, fields, body, len(body))
+        self.sent = True
+        stream = ctx.start_body(response)
+        if stream is not None:
+            stream.write(response.body)  # type: ignore[arg-type]
+            stream.end()
+        ctx.stream_done(200, response.length)
+
+    # --- the producer protocol: a metrics request's body, if any, is not read -------------
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_body_end(self) -> None:
+        pass
+
+    def body_full(self) -> bool:
+        return False
+
+    def resume(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.ctx = None
+
+    def responded(self) -> bool:
+        return self.sent
