@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EOFError, OSError, ValueError, KeyError) as exc:
         log.error("worker cannot start: %s", exc)
         return 1
+    # SIGTERM to the whole process group (a service manager stopping it): drain, as told to.
+    signal.signal(
+        signal.SIGTERM,
+        lambda _s, _f: worker.core.loop.call_soon_threadsafe(
+            lambda: worker.core.shutdown(ORPHAN_GRACE)
+        ),
+    )
     tune_gc()
     worker.run()
     return 0
