@@ -55,7 +55,11 @@ def merge_figures(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for key, value in row.items():
             old = merged.get(key)
             if _is_number(value) and _is_number(old):
-                merged[key] = max(old, value) if key in HIGHEST else old + value
+                if key in HIGHEST:
+                    merged[key] = max(old, value)
+                else:
+                    total = old + value
+                    merged[key] = round(total, 3) if isinstance(total, float) else total
             elif old is None:
                 merged[key] = value
     return merged
