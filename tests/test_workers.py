@@ -300,6 +300,47 @@ def test_sighup_under_load_fails_no_request(fleet: Fleet, tmp_path: Path) -> Non
     assert b"configuration reloaded" in (tmp_path / "server.log").read_bytes()
 
 
+def test_worker_events_reach_the_masters_subscribers_naming_their_worker(fleet: Fleet) -> None:
+    events = LineClient(fleet.socket_path)
+    events.send({"cmd": "subscribe"})
+    assert events.read()["ok"]
+    ids = {row["worker"] for row in fleet.workers()}
+    seen: set[int] = set()
+
+    def forwarded() -> bool:
+        # Workers build events once they hear that the master has a subscriber: the first
+        # requests may go unreported, so requests go on until both workers' events came.
+        assert fleet.get("/hello.txt") == 200
+        events.sock.setblocking(False)
+        try:
+            events.buffer += events.sock.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        finally:
+            events.sock.settimeout(5)
+        *lines, events.buffer = events.buffer.split(b"\n")
+        for line in lines:
+            event = json.loads(line).get("event", {})
+            if event.get("kind") == "request_finished":
+                assert event["path"] == "/hello.txt" and event["status"] == 200
+                seen.add(event["worker"])
+        return seen == ids
+
+    wait_until(forwarded, timeout=START_TIMEOUT)
+    events.close()
+
+
+def test_the_reload_command_replaces_the_workers_with_the_new_config(fleet: Fleet) -> None:
+    before = {row["worker"] for row in fleet.workers()}
+    fleet.config_path.write_text(json.dumps({**fleet.config, "server_name": "reloaded"}))
+    assert fleet.result("reload") == {"reloaded": str(fleet.config_path)}
+    rows = fleet.serving(2)
+    assert rows and not before & {row["worker"] for row in rows}
+    client = Client(fleet.port)
+    assert client.request("GET", "/").headers["server"] == "reloaded"
+    client.close()
+
+
 def test_a_bad_reload_keeps_the_workers(fleet: Fleet) -> None:
     before = fleet.workers()
     fleet.config_path.write_text('{"workers": 2, "servers": 1}')
