@@ -13,6 +13,9 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+if TYPE_CHECKING:
     from xps_server.core.loop import Loop
 
 DEFAULT_QUEUE = 10_000
@@ -218,6 +221,8 @@ class EventBus:
         self.traffic = False
         self.published = 0
         self.skipped = 0  # traffic events not built while `traffic` was False
+        # Called when the subscriptions change (a master tells its workers what to forward).
+        self.on_change: Callable[[], None] | None = None
 
     def subscribe(self, maxlen: int = DEFAULT_QUEUE, max_rate: int = 0) -> Subscription:
         """A new subscription (call on the loop thread, or before the loop runs)."""
@@ -239,6 +244,8 @@ class EventBus:
                 self._refill.reset(self._loop.now + REFILL_INTERVAL)
         else:
             self._refill.cancel()
+        if self.on_change is not None:
+            self.on_change()
 
     def _on_refill(self) -> None:
         skipped = self.skipped

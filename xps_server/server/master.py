@@ -65,7 +65,6 @@ STABLE_AFTER = 10.0  # a worker that ran this long before dying is restarted at 
 RESTART_FIRST = 0.1  # seconds before the second quick restart in a row; doubled each time
 RESTART_MAX = 30.0
 KILL_AFTER = 5.0  # seconds past the grace after which workers still draining are killed
-EVENTS_CHECK = 0.1  # seconds between two looks at whether the master's bus has subscribers
 
 Replies = list[tuple["WorkerProcess", dict[str, Any]]]
 
@@ -114,7 +113,6 @@ class Master:
         self._next_worker = 0
         self._next_request = 0
         self._events_rate: int | None = None
-        self._events_timer: Any = None
         self._reloading: tuple[list[WorkerProcess], Callable[[bool, str], None], str] | None = None
 
     @property
@@ -158,8 +156,7 @@ class Master:
         self._quick_deaths = [0] * count
         for slot in range(count):
             self._spawn(slot)
-        self._events_timer = core.loop.timer(self._check_events)
-        self._events_timer.reset(core.loop.now)
+        core.bus.on_change = self._check_events
         if signals:
             for signum in SHUTDOWN_SIGNALS:
                 self._signals[signum] = signal.signal(signum, self._on_stop_signal)
@@ -246,6 +243,9 @@ class Master:
                 pass_fds=[theirs.fileno(), *(fd for _, _, fd in listeners)],
                 env=env,
             )
+        except OSError:
+            ours.close()
+            raise
         finally:
             theirs.close()
         worker = WorkerProcess(worker_id, slot, proc, core.loop.now)
@@ -293,7 +293,7 @@ class Master:
         core.loop.remove(worker.pidfd)
         os.close(worker.pidfd)
         code = worker.proc.wait()
-        status = f"exit {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        status = f"exit {code}" if code >= 0 else f"signal {_signal_name(-code)}"
         del self.workers[worker.id]
         if worker.channel is not None:
             worker.channel.close()
@@ -340,7 +340,13 @@ class Master:
     def _respawn(self, slot: int) -> None:
         if self._stopping or slot >= len(self.slots) or self.slots[slot] is not None:
             return  # stopping, or a reload filled the slot meanwhile
-        self._spawn(slot)
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # out of processes or descriptors: try again, backing off
+            self._quick_deaths[slot] += 1
+            delay = min(RESTART_MAX, RESTART_FIRST * 2 ** self._quick_deaths[slot])
+            log.error("cannot start a worker in slot %d: %s; again in %g s", slot, exc, delay)
+            self._core().loop.call_later(delay, lambda: self._respawn(slot))
 
     # --- commands to every worker ---------------------------------------------------------
     def fanout(
@@ -413,14 +419,13 @@ class Master:
 
     # --- events ---------------------------------------------------------------------------
     def _check_events(self) -> None:
-        """Workers build and forward events only while someone subscribes to the master's."""
-        core = self._core()
-        rate = core.bus.wanted_rate()
+        """Workers build and forward events only while someone subscribes to the master's
+        (the bus calls this when its subscriptions change)."""
+        rate = self._core().bus.wanted_rate()
         if rate != self._events_rate:
             self._events_rate = rate
             for worker in self.workers.values():
                 worker.send({"op": "events", "rate": rate})
-        self._events_timer.reset(core.loop.now + EVENTS_CHECK)
 
     def _republish(self, message: dict[str, Any]) -> None:
         bus = self._core().bus
@@ -591,6 +596,13 @@ class Master:
         if core is not None:
             core.close()
         return True
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
 
 
 def _masters(config: Config) -> Config:
