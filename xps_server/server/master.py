@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import xps_server
@@ -230,7 +231,7 @@ class Master:
         worker_id = self._next_worker
         ours, theirs = socket.socketpair()
         listeners = [
-            [host, port, socks[slot].fileno()] for (host, port), socks in self.sockets.items()
+            (host, port, socks[slot].fileno()) for (host, port), socks in self.sockets.items()
         ]
         env = dict(os.environ)
         # The worker imports this very package, wherever the master was started from.
@@ -383,7 +384,7 @@ class Master:
             return
         for worker in workers:
             self._next_request += 1
-            worker.pending[self._next_request] = lambda reply, w=worker: got(w, reply)
+            worker.pending[self._next_request] = partial(got, worker)
             worker.send({"id": self._next_request, **message})
 
     def ready_workers(self) -> list[WorkerProcess]:

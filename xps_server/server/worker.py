@@ -93,7 +93,10 @@ class Worker:
         elif op == "events":
             self.set_forwarding(message.get("rate"))
         elif op == "fleet":
-            answer = self._fleet_waiting.pop(message.get("id"), None)
+            request_id = message.get("id")
+            answer = (
+                self._fleet_waiting.pop(request_id, None) if isinstance(request_id, int) else None
+            )
             if answer is not None:
                 body = message.get("body")
                 answer(body.encode() if isinstance(body, str) else None)
