@@ -13,7 +13,7 @@ import math
 import os
 import re
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeGuard
 
 from .model import (
     LB_METHODS,
@@ -158,11 +158,11 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{shown}" if path else shown
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -21,11 +21,48 @@ WRITE_MASK = READ_MASK | EPOLLOUT
 MSG_MORE = socket.MSG_MORE
 
 
+# What accept() gives for an AF_INET / AF_INET6 peer (the control socket passes ("unix", 0)).
+Peer = tuple[str, int] | tuple[str, int, int, int]
+
+
 class ConnectionHandler(Protocol):
     def on_data(self, data: bytes) -> None: ...
     def on_eof(self) -> None: ...
     def on_drain(self) -> None: ...
     def on_close(self) -> None: ...
+
+
+class _NoHandler:
+    """The handler of a connection nobody handles: before `start`, after `close`, or an
+    upstream connection let go by its exchange. No event reaches it (the fd is not yet
+    registered, or already closed), so it ignores all: the events of an upstream connection
+    (see `upstream.UpstreamHandler`) as well as those of any connection."""
+
+    __slots__ = ()
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def on_eof(self) -> None:
+        pass
+
+    def on_drain(self) -> None:
+        pass
+
+    def on_close(self) -> None:
+        pass
+
+    def on_connect(self) -> None:
+        pass
+
+    def on_connect_failed(self, error: str) -> None:
+        pass
+
+    def on_timeout(self) -> None:
+        pass
+
+
+NO_HANDLER = _NoHandler()
 
 
 class Connection:
@@ -49,14 +86,16 @@ class Connection:
         "writing",
     )
 
-    def __init__(self, loop: Loop, sock: socket.socket, peer: tuple) -> None:
+    handler: ConnectionHandler
+
+    def __init__(self, loop: Loop, sock: socket.socket, peer: Peer) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
         self.peer_ip: str = peer[0]
         self.peer_port: int = peer[1]
         self.out = Pipe()
-        self.handler: ConnectionHandler | None = None
+        self.handler = NO_HANDLER
         self.closed = False
         self.writing = False
         self.read_paused = False
@@ -241,8 +280,8 @@ class Connection:
         except OSError:
             pass
         handler = self.handler
-        if handler is not None:
+        if handler is not NO_HANDLER:
             # Unlink first: a closed connection and its session must not keep each other
             # alive until the cyclic garbage collector runs.
-            self.handler = None
+            self.handler = NO_HANDLER
             handler.on_close()

@@ -11,6 +11,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from xps_server.config import Config, ConfigError, load_config
 from xps_server.core.loop import Loop
@@ -25,14 +26,14 @@ from xps_server.events import (
     RequestFinished,
 )
 from xps_server.http.writer import ResponseWriter
-from xps_server.network.connection import Connection
+from xps_server.network.connection import Connection, Peer
 from xps_server.network.listener import Listener
 from xps_server.network.upstream import UpstreamRegistry
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
 from xps_server.server.metrics import Stats, prometheus, snapshot
-from xps_server.server.routing import RouteState, Routing
+from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
@@ -48,7 +49,7 @@ class Core:
         config: Config,
         handlers: Mapping[str, RouteHandler],
         loop: Loop | None = None,
-        state: dict | None = None,
+        state: dict[str, Any] | None = None,
         first_session: int = 1,
     ) -> None:
         """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`). A worker
@@ -68,7 +69,7 @@ class Core:
         self.accounting = Accounting(self.loop, self.bus)
         self.top: TopTalkers | None = None
         self.routing = self._configure(config)
-        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.listeners: dict[tuple[str, int], Listener[ServerView]] = {}
         self.sessions: dict[int, Session] = {}
         # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
         # max_connections the oldest is closed to make room, as nginx reuses connections.
@@ -95,12 +96,12 @@ class Core:
     def _bind(
         self,
         config: Config,
-        keep: dict[tuple[str, int], Listener],
+        keep: dict[tuple[str, int], Listener[ServerView]],
         sockets: Mapping[tuple[str, int], socket.socket] | None = None,
-    ) -> dict:
-        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
-        and leaves those in `keep` serving what they served."""
-        bound: dict[tuple[str, int], Listener] = {}
+    ) -> dict[tuple[str, int], Listener[ServerView]]:
+        """Listeners for `config`, reusing those in `keep` or taking the sockets given; on
+        failure closes what it opened and leaves those in `keep` serving what they served."""
+        bound: dict[tuple[str, int], Listener[ServerView]] = {}
         given = sockets or {}
         try:
             for key in config.listeners():
@@ -134,7 +135,7 @@ class Core:
         self.top = self.accounting.top
         return routing
 
-    def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
+    def _on_accept(self, listener: Listener[ServerView], sock: socket.socket, peer: Peer) -> None:
         stats = self.stats
         blocklist = self.runtime.blocklist
         blocked = blocklist.global_set
@@ -266,7 +267,7 @@ class Core:
         session.error(403)
 
     # --- operator views -----------------------------------------------------------------------
-    def routes_snapshot(self) -> list[dict]:
+    def routes_snapshot(self) -> list[dict[str, Any]]:
         """Every route of every server, with what the console shows and toggles."""
         rows = []
         now = self.loop.now
@@ -289,24 +290,24 @@ class Core:
                 )
         return rows
 
-    def upstreams_snapshot(self) -> list[dict]:
+    def upstreams_snapshot(self) -> list[dict[str, Any]]:
         """Every upstream address: state (up, down, draining), requests in flight, counters."""
         return self.upstreams.snapshot()
 
-    def drain_upstream(self, addr: str) -> dict:
+    def drain_upstream(self, addr: str) -> dict[str, Any]:
         """Take `host:port` out of rotation; requests in flight finish. KeyError if unknown.
         Kept in state_file: a drain survives reloads and restarts."""
         return self.runtime.drain_upstream(addr)
 
-    def enable_upstream(self, addr: str) -> dict:
+    def enable_upstream(self, addr: str) -> dict[str, Any]:
         """Put `host:port` back in rotation (undoes a drain or a passive-health down)."""
         return self.runtime.enable_upstream(addr)
 
-    def acl_snapshot(self) -> dict:
+    def acl_snapshot(self) -> dict[str, Any]:
         """The runtime block list and each route's config lists."""
         return {"blocks": self.runtime.blocks(), "routes": self.runtime.acl_routes()}
 
-    def metrics_snapshot(self) -> dict:
+    def metrics_snapshot(self) -> dict[str, Any]:
         """What a `metrics` route answers, as a dict."""
         return snapshot(self)
 
@@ -324,18 +325,21 @@ class Core:
         return True
 
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
-    def block(self, cidr: str, route: str | None = None, seconds: float | None = None) -> dict:
+    def block(
+        self, cidr: str, route: str | None = None, seconds: float | None = None
+    ) -> dict[str, Any]:
         """Block an address or CIDR globally (refused at accept, its open connections closed)
-        or on one route (403 there), for `seconds` or until unblocked; kept in state_file."""
+        or on one route (403 there, its tunnels there closed), for `seconds` or until
+        unblocked; kept in state_file."""
         return self.runtime.block(cidr, route, seconds)
 
-    def unblock(self, cidr: str, route: str | None = None) -> dict:
+    def unblock(self, cidr: str, route: str | None = None) -> dict[str, Any]:
         return self.runtime.unblock(cidr, route)
 
-    def blocks(self) -> list[dict]:
+    def blocks(self) -> list[dict[str, Any]]:
         return self.runtime.blocks()
 
-    def set_gzip(self, route: str, enabled: bool | None) -> dict:
+    def set_gzip(self, route: str, enabled: bool | None) -> dict[str, Any]:
         """Turn gzip on or off for a route (named as `route_key` does); None reverts to the
         config file's setting. Kept in state_file."""
         return self.runtime.set_gzip(route, enabled)
