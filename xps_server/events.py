@@ -156,10 +156,10 @@ class WorkerEvent(Event):
     """An event a worker process published, as it came over its channel (a dict with its
     `kind`, plus `worker`); the master republishes it on its own bus as it is."""
 
-    data: dict
+    data: dict[str, Any]
     kind = "worker_event"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return self.data
 
 

@@ -278,10 +278,10 @@ class _Checker:
         """`workers`: an integer in 1..MAX_WORKERS, or "auto" for one per CPU core."""
         if value == "auto":
             return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-        if not _is_int(value) or not 1 <= value <= MAX_WORKERS:  # type: ignore[operator]
+        if not _is_int(value) or not 1 <= value <= MAX_WORKERS:
             self.expected("workers", f'an integer in 1..{MAX_WORKERS} or "auto"', value)
             return 1
-        return value  # type: ignore[return-value]
+        return value
 
     def boolean(self, data: dict[str, Any], key: str, path: str, default: bool) -> bool:
         value = data.get(key, _MISSING)

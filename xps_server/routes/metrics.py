@@ -39,16 +39,15 @@ def serve_metrics(ctx: RouteContext, request: Request, route: Route, path: str) 
         # worker's figures.
         ctx.stream(fleet)
         return None
-    return own_figures(ctx, as_prometheus)
+    body, fields = own_figures(ctx, as_prometheus)
+    return Response(200, fields, body, len(body))
 
 
-def own_figures(ctx: RouteContext, as_prometheus: bool) -> Response:
-    """This process's figures."""
+def own_figures(ctx: RouteContext, as_prometheus: bool) -> tuple[bytes, bytes]:
+    """This process's figures: the body and its header fields."""
     if as_prometheus:
-        body = ctx.core.metrics_prometheus().encode()
-        return Response(200, _TEXT_FIELDS, body, len(body))
-    body = json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n"
-    return Response(200, _JSON_FIELDS, body, len(body))
+        return ctx.core.metrics_prometheus().encode(), _TEXT_FIELDS
+    return json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n", _JSON_FIELDS
 
 
 class FleetAnswer:
@@ -65,16 +64,15 @@ class FleetAnswer:
             return  # the client left meanwhile
         self.ctx = None
         if body is None:
-            response = own_figures(ctx, self.as_prometheus)
+            body, fields = own_figures(ctx, self.as_prometheus)
         else:
             fields = _TEXT_FIELDS if self.as_prometheus else _JSON_FIELDS
-            response = Response(200, fields, body, len(body))
         self.sent = True
-        stream = ctx.start_body(response)
+        stream = ctx.start_body(Response(200, fields, body, len(body)))
         if stream is not None:
-            stream.write(response.body)  # type: ignore[arg-type]
+            stream.write(body)
             stream.end()
-        ctx.stream_done(200, response.length)
+        ctx.stream_done(200, len(body))
 
     # --- the producer protocol: a metrics request's body, if any, is not read -------------
     def on_body(self, data: bytes) -> None:

@@ -69,7 +69,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def merge_metrics(master: dict[str, Any], workers: list[tuple[int, dict[str, Any]]]) -> dict:
+def merge_metrics(
+    master: dict[str, Any], workers: list[tuple[int, dict[str, Any]]]
+) -> dict[str, Any]:
     """The metrics route's figures for the fleet: `master` gives what describes the whole
     (name, pid, workers, uptime), `workers` (id, metrics) the figures, added up."""
     figures = [data for _, data in workers]
@@ -83,7 +85,7 @@ def merge_metrics(master: dict[str, Any], workers: list[tuple[int, dict[str, Any
         round(merged.get("res_time_total_msec", 0.0) / responses, 3) if responses else 0.0
     )
     for section in ("routes", "upstreams"):
-        keys: dict[str, list[dict]] = {}
+        keys: dict[str, list[dict[str, Any]]] = {}
         for data in figures:
             for key, row in data.get(section, {}).items():
                 keys.setdefault(key, []).append(row)
@@ -96,7 +98,7 @@ def merge_metrics(master: dict[str, Any], workers: list[tuple[int, dict[str, Any
     return merged
 
 
-SESSION_ORDER: dict[str, tuple[Callable[[dict], Any], bool]] = {
+SESSION_ORDER: dict[str, tuple[Callable[[dict[str, Any]], Any], bool]] = {
     "age": (lambda row: row["age"], True),  # oldest first
     "bytes": (lambda row: row["bytes_in"] + row["bytes_out"], True),
     "id": (lambda row: row["id"], False),
@@ -123,7 +125,7 @@ def merge_snapshot(
         "total": sum(snap["sessions"]["total"] for _, snap in workers),
         "rows": pick(max(0, limit), rows, key=key),
     }
-    route_rows: dict[str, list[dict]] = {}
+    route_rows: dict[str, list[dict[str, Any]]] = {}
     for _, snap in workers:
         for row in snap["routes"]:
             route_rows.setdefault(row["key"], []).append(row)
@@ -148,7 +150,7 @@ def merge_snapshot(
 def merge_upstreams(workers: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each upstream once, its counters added; its state as the workers agree, or ``mixed``
     with each worker's in ``states``."""
-    rows: dict[str, list[tuple[int, dict]]] = {}
+    rows: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for worker, snap in workers:
         for row in snap["upstreams"]:
             rows.setdefault(row["addr"], []).append((worker, row))
@@ -163,20 +165,20 @@ def merge_upstreams(workers: list[tuple[int, dict[str, Any]]]) -> list[dict[str,
     return merged
 
 
-TOP_ORDER: dict[str, Callable[[dict], tuple[int, int]]] = {
+TOP_ORDER: dict[str, Callable[[dict[str, Any]], tuple[int, int]]] = {
     "requests": lambda row: (row["requests"], row["bytes"]),
     "bytes": lambda row: (row["bytes"], row["requests"]),
     "errors": lambda row: (row["status_4xx"] + row["status_5xx"], row["requests"]),
 }
 
 
-def merge_top(workers: list[tuple[int, dict[str, Any]]], limit: int, sort: str) -> dict:
+def merge_top(workers: list[tuple[int, dict[str, Any]]], limit: int, sort: str) -> dict[str, Any]:
     """The `top` command for the fleet: each address's figures added over the workers."""
     enabled = [snap for _, snap in workers if snap.get("enabled")]
     if not enabled:
         first = workers[0][1] if workers else {}
         return {**first, "clients": []}
-    by_ip: dict[str, list[dict]] = {}
+    by_ip: dict[str, list[dict[str, Any]]] = {}
     for snap in enabled:
         for row in snap["clients"]:
             by_ip.setdefault(row["ip"], []).append(row)

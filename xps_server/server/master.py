@@ -73,7 +73,9 @@ Replies = list[tuple["WorkerProcess", dict[str, Any]]]
 class WorkerProcess:
     """The master's view of one worker process."""
 
-    def __init__(self, worker_id: int, slot: int, proc: subprocess.Popen, started: float) -> None:
+    def __init__(
+        self, worker_id: int, slot: int, proc: subprocess.Popen[bytes], started: float
+    ) -> None:
         self.id = worker_id
         self.slot = slot
         self.proc = proc
@@ -622,7 +624,7 @@ class FleetAPI(CommandAPI):
         super().__init__(core)
         self.master = master
 
-    def run(self, message: Any, done: Callable[[dict], None]) -> None:
+    def run(self, message: Any, done: Callable[[dict[str, Any]], None]) -> None:
         try:
             command, args = self.lookup(message)
         except CommandError as exc:
@@ -669,7 +671,7 @@ class FleetAPI(CommandAPI):
         else:
             self._change(message, done)
 
-    def _snapshot(self, parsed: dict[str, Any], done: Callable[[dict], None]) -> None:
+    def _snapshot(self, parsed: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
         master = self.master
         own = COMMANDS["snapshot"].handler(self.core, {**parsed, "limit": 0})
         own["listeners"] = [
@@ -686,7 +688,11 @@ class FleetAPI(CommandAPI):
         master.fanout({"cmd": "snapshot", "args": parsed}, merged, master.ready_workers())
 
     def _one_session(
-        self, name: str, args: dict, parsed: dict[str, Any], done: Callable[[dict], None]
+        self,
+        name: str,
+        args: dict[str, Any],
+        parsed: dict[str, Any],
+        done: Callable[[dict[str, Any]], None],
     ) -> None:
         """`session` and `kill` go to the worker whose sessions the id is numbered among."""
         session_id = parsed["id" if name == "session" else "session"]
@@ -708,7 +714,7 @@ class FleetAPI(CommandAPI):
 
         self.master.fanout({"cmd": name, "args": parsed}, answered, [worker])
 
-    def _change(self, message: dict, done: Callable[[dict], None]) -> None:
+    def _change(self, message: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
         """A change to the runtime state: the master's first (it validates, and the state
         file follows), then every worker's; answered once all have it and it is on disk."""
         command, args, reply = self._apply(message)
