@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import Client, free_port, read_until_close, wait_until
 from tests.test_control import LineClient
-from xps_server.server.fleet import merge_figures, merge_metrics
+from xps_server.server.fleet import merge_figures, merge_metrics, merge_top, merge_upstreams
 
 START_TIMEOUT = 20.0  # a worker is a new interpreter: on a busy machine it takes a while
 
@@ -261,6 +261,26 @@ def test_a_killed_worker_is_restarted_with_the_runtime_state_and_traffic_flows(
     assert len(blocked) == 2 and all(blocked), blocked
 
 
+def test_a_worker_that_keeps_dying_is_restarted_later_and_later(fleet: Fleet) -> None:
+    events = LineClient(fleet.socket_path)
+    events.send({"cmd": "subscribe"})
+    assert events.read()["ok"]
+    delays = []
+    for _ in range(3):
+        rows = wait_until(lambda: fleet.serving(2), timeout=START_TIMEOUT)
+        victim = min(rows, key=lambda row: row["slot"])  # slot 0, dying young each time
+        os.kill(victim["pid"], signal.SIGKILL)
+        exited = events.read_until(
+            lambda m, pid=victim["pid"]: m.get("event", {}).get("pid") == pid
+        )["event"]
+        delays.append(exited["restart_in"])
+    events.close()
+    # At once the first time, then backing off: 0.1 s, doubled at each death in a row.
+    assert delays == [0.0, 0.1, 0.2]
+    rows = wait_until(lambda: fleet.serving(2), timeout=START_TIMEOUT)
+    assert [row["restarts"] for row in rows if row["slot"] == 0] == [3]
+
+
 def test_sighup_under_load_fails_no_request(fleet: Fleet, tmp_path: Path) -> None:
     before = {row["worker"] for row in fleet.workers()}
     failures: list[str] = []
@@ -369,6 +389,50 @@ def test_one_worker_stays_one_process(tmp_path: Path, site: Path) -> None:
 
 
 # --- merging ----------------------------------------------------------------------------------
+def test_an_upstream_the_workers_disagree_on_is_mixed_with_each_workers_state() -> None:
+    one = {"upstreams": [{"addr": "a:1", "state": "up", "requests": 2, "down_for": 0.0}]}
+    two = {"upstreams": [{"addr": "a:1", "state": "down", "requests": 3, "down_for": 4.5}]}
+    (row,) = merge_upstreams([(1, one), (2, two)])
+    assert row["state"] == "mixed" and row["states"] == {"1": "up", "2": "down"}
+    assert row["requests"] == 5 and row["down_for"] == 4.5
+    (row,) = merge_upstreams([(1, one), (3, one)])
+    assert row["state"] == "up"
+
+
+def test_top_clients_add_up_over_the_workers_and_rank_again() -> None:
+    def client(ip: str, requests: int, nbytes: int) -> dict:
+        return {
+            "ip": ip,
+            "requests": requests,
+            "bytes": nbytes,
+            "status_4xx": 0,
+            "status_5xx": 0,
+            "open": 1,
+        }
+
+    one = {
+        "enabled": True,
+        "window": 10,
+        "tracked": 2,
+        "capacity": 10,
+        "clients": [client("a", 5, 10), client("b", 4, 900)],
+    }
+    two = {
+        "enabled": True,
+        "window": 10,
+        "tracked": 1,
+        "capacity": 10,
+        "clients": [client("b", 3, 100)],
+    }
+    merged = merge_top([(1, one), (2, two)], 10, "requests")
+    assert [(c["ip"], c["requests"], c["open"]) for c in merged["clients"]] == [
+        ("b", 7, 2),
+        ("a", 5, 1),
+    ]
+    assert merged["tracked"] == 3
+    assert [c["ip"] for c in merge_top([(1, one), (2, two)], 1, "bytes")["clients"]] == ["b"]
+
+
 def test_merging_adds_counters_and_keeps_the_highest_peak() -> None:
     merged = merge_figures(
         [
