@@ -354,11 +354,15 @@ def test_the_reload_command_replaces_the_workers_with_the_new_config(fleet: Flee
     before = {row["worker"] for row in fleet.workers()}
     fleet.config_path.write_text(json.dumps({**fleet.config, "server_name": "reloaded"}))
     assert fleet.result("reload") == {"reloaded": str(fleet.config_path)}
-    rows = fleet.serving(2)
-    assert rows and not before & {row["worker"] for row in rows}
-    client = Client(fleet.port)
-    assert client.request("GET", "/").headers["server"] == "reloaded"
-    client.close()
+    # Answered once the new workers serve and the old ones accept no more (they may still
+    # be finishing): every connection from now on meets the new config.
+    rows = fleet.workers()
+    assert [row["ready"] for row in rows if row["worker"] not in before] == [True, True]
+    assert all(row["retiring"] for row in rows if row["worker"] in before)
+    for _ in range(20):
+        client = Client(fleet.port)
+        assert client.request("GET", "/").headers["server"] == "reloaded"
+        client.close()
 
 
 def test_a_bad_reload_keeps_the_workers(fleet: Fleet) -> None:

@@ -19,8 +19,8 @@ Lifecycle: a worker that dies is restarted in its slot, at once the first time, 
 `worker_exited` event says what happened. A reload (SIGHUP, the `reload` command) validates
 the new config and binds what it needs in the master, starts a new worker per slot, and once
 all are serving tells the old ones to stop gracefully: they stop accepting and finish their
-requests in flight. A shutdown (SIGTERM, SIGINT) tells every worker to do the same and stops
-once all have exited.
+requests in flight; the reload is answered once every old worker has stopped accepting. A
+shutdown (SIGTERM, SIGINT) tells every worker to do the same and stops once all have exited.
 
 `Master` offers `Server`'s lifecycle surface (start, run, reload, shutdown, wait, stop, close),
 so the CLI, the console and the tests pick one or the other by `config.workers`.
@@ -512,9 +512,20 @@ class Master:
             return
         old, done, message = self._reloading
         self._reloading = None
+        # Answered once every old worker has stopped accepting: from then on, every new
+        # connection meets the new config.
+        waiting = {worker.id for worker in old if worker.id in self.workers}
+
+        def stopped_accepting(worker_id: int) -> None:
+            waiting.discard(worker_id)
+            if not waiting:
+                self._reloaded(done, True, message)
+
+        if not waiting:
+            self._reloaded(done, True, message)
         for worker in old:
-            self._retire(worker, self.grace)
-        self._reloaded(done, True, message)
+            if worker.id in self.workers:
+                self._retire(worker, self.grace, partial(stopped_accepting, worker.id))
 
     def _reloaded(self, done: Callable[[bool, str], None], ok: bool, message: str) -> None:
         log.log(logging.INFO if ok else logging.ERROR, "%s", message)
@@ -523,11 +534,18 @@ class Master:
             bus.publish(ConfigReloaded(time.time(), ok, message))
         done(ok, message)
 
-    def _retire(self, worker: WorkerProcess, grace: float) -> None:
+    def _retire(
+        self, worker: WorkerProcess, grace: float, closed: Callable[[], None] | None = None
+    ) -> None:
+        """Tell a worker to stop accepting and finish; `closed` is called once it says its
+        listeners are closed (or it has exited)."""
         if worker.id not in self.workers:
             return
         worker.retiring = True
-        worker.send({"op": "stop", "grace": grace})
+        self._next_request += 1
+        if closed is not None:
+            worker.pending[self._next_request] = lambda _reply: closed()
+        worker.send({"op": "stop", "grace": grace, "id": self._next_request})
         # A worker that does not stop in time is killed; its exit is no crash.
         self._core().loop.call_later(grace + KILL_AFTER, lambda: self._kill(worker))
 

@@ -15,8 +15,8 @@ and alone writes the state file) and the descriptor of each listener. Then, from
 - ``{"op": "events", "rate": r}``: forward bus events (at most `r` a second, 0: all; None:
   none, and then the worker builds none);
 - ``{"op": "fleet", "id": n, "body": ...}``: the fleet's figures a metrics route asked for;
-- ``{"op": "stop", "grace": s}``: stop accepting, finish the requests in flight (at most `s`
-  seconds), exit 0.
+- ``{"op": "stop", "grace": s, "id": n}``: stop accepting (answered ``{"id": n, "ok": true}``
+  once the listeners are closed), finish the requests in flight (at most `s` seconds), exit 0.
 
 To the master: ``{"op": "ready", "pid": p}`` once serving, command replies, ``{"op":
 "events", "events": [...], "dropped": n}`` and ``{"op": "fleet", "id": n, "prometheus": b}``.
@@ -101,7 +101,10 @@ class Worker:
                 body = message.get("body")
                 answer(body.encode() if isinstance(body, str) else None)
         elif op == "stop":
+            # Listeners closed at once: the reply tells the master no new client comes here.
             self.core.shutdown(float(message.get("grace", ORPHAN_GRACE)))
+            if "id" in message:
+                self.channel.send({"id": message["id"], "ok": True})
 
     def on_channel_closed(self) -> None:
         for answer in self._fleet_waiting.values():
