@@ -28,7 +28,9 @@ START_TIMEOUT = 20.0  # a worker is a new interpreter: on a busy machine it take
 class Fleet:
     """`xps-server` with `workers: 2` in a subprocess, its control socket at `socket_path`."""
 
-    def __init__(self, tmp_path: Path, site: Path, workers: int = 2) -> None:
+    def __init__(
+        self, tmp_path: Path, site: Path, workers: int = 2, routes: list[dict] | None = None
+    ) -> None:
         self.port = free_port()
         self.socket_path = str(tmp_path / "xps.sock")
         self.state_path = tmp_path / "state.json"
@@ -43,6 +45,7 @@ class Fleet:
                     "routes": [
                         {"req_path": "/", "type": "file_serve", "dir_path": str(site)},
                         {"req_path": "/status", "type": "metrics"},
+                        *(routes or []),
                     ],
                 }
             ],
@@ -216,13 +219,44 @@ def test_a_block_closes_the_address_on_every_worker_and_each_refuses_it(fleet: F
     bystander.close()
 
 
-def test_gzip_and_drain_apply_to_every_worker(fleet: Fleet) -> None:
-    result = fleet.result("gzip", route="/", enabled=True)
-    assert result["gzip_enable"] is True and result["workers"] == 2
-    routes = fleet.result("snapshot")["routes"]
-    assert [row["gzip"] for row in routes if row["key"] == "/"] == [True]
-    reply = fleet.command("drain", upstream="127.0.0.1:1")
-    assert not reply["ok"] and "127.0.0.1:1" in reply["error"]
+def test_gzip_and_drain_apply_to_every_worker(tmp_path: Path, site: Path) -> None:
+    upstream = f"127.0.0.1:{free_port()}"
+    fleet = Fleet(
+        tmp_path,
+        site,
+        routes=[{"req_path": "/api", "type": "reverse_proxy", "upstreams": [upstream]}],
+    )
+    try:
+        result = fleet.result("gzip", route="/", enabled=True)
+        assert result["gzip_enable"] is True and result["workers"] == 2
+        routes = fleet.result("snapshot")["routes"]
+        assert [row["gzip"] for row in routes if row["key"] == "/"] == [True]
+        events = LineClient(fleet.socket_path)
+        events.send({"cmd": "subscribe"})
+        assert events.read()["ok"]
+        result = fleet.result("drain", upstream=upstream)
+        assert result["workers"] == 2 and result["persisted"] is True
+        (row,) = fleet.result("snapshot")["upstreams"]
+        assert row["state"] == "draining" and set(row["states"].values()) == {"draining"}
+        # One health event per worker (health is per worker), none from the master (its own
+        # would come before the command's operator_action).
+        told: list[int] = []
+        announced = False
+        while len(told) < 2 or not announced:
+            event = events.read_until(
+                lambda m: m.get("event", {}).get("kind") in ("upstream_health", "operator_action")
+            )["event"]
+            if event["kind"] == "operator_action":
+                announced = True
+            else:
+                assert event["state"] == "draining"
+                told.append(event["worker"])
+        assert sorted(told) == sorted(row["worker"] for row in fleet.workers())
+        events.close()
+        reply = fleet.command("drain", upstream="127.0.0.1:1")
+        assert not reply["ok"] and "127.0.0.1:1" in reply["error"]
+    finally:
+        fleet.stop()
 
 
 # --- lifecycle ------------------------------------------------------------------------------

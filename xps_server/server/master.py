@@ -46,7 +46,13 @@ from typing import Any
 import xps_server
 from xps_server.config import Config, ConfigError, config_from, read_config
 from xps_server.core.loop import EPOLLIN
-from xps_server.events import TRAFFIC_KINDS, ConfigReloaded, WorkerEvent, WorkerExited
+from xps_server.events import (
+    TRAFFIC_KINDS,
+    ConfigReloaded,
+    EventBus,
+    WorkerEvent,
+    WorkerExited,
+)
 from xps_server.network.listener import listening_socket
 from xps_server.routes import HANDLERS
 from xps_server.server.channel import Channel
@@ -142,6 +148,12 @@ class Master:
         if self._data is None:
             self._data = read_config(config.path)
         core = Core(_masters(config), HANDLERS)
+        # The master's upstream states only check and remember drains: the health events
+        # worth telling come from the workers, each about its own connections.
+        silent = EventBus(core.loop)
+        core.upstreams.bus = silent
+        for state in core.upstreams.values():
+            state.bus = silent
         api = FleetAPI(self, core)
         try:
             self.sockets = self._bind(config, {})
