@@ -204,11 +204,18 @@ def clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def session_cells(row: dict) -> tuple:
-    """The cells of one sessions-table row; the id cell is the row key (rows sort by it)."""
+# With several worker processes, sessions name their worker, after the id.
+SESSION_COLUMNS_FLEET = (SESSION_COLUMNS[0], ("worker", "W"), *SESSION_COLUMNS[1:])
+
+
+def session_cells(row: dict, fleet: bool = False) -> tuple:
+    """The cells of one sessions-table row; the id cell is the row key (rows sort by it).
+    `fleet`: the server has several workers, and a cell names the session's."""
     state = row.get("state", "")
+    worker = (number(str(row.get("worker", "-"))),) if fleet else ()
     return (
         str(row["id"]),
+        *worker,
         row.get("client", ""),
         row.get("route") or "-",
         styled(state, STATE_STYLES.get(state, "")),
@@ -220,8 +227,36 @@ def session_cells(row: dict) -> tuple:
     )
 
 
-def session_rows(rows: Iterable[dict]) -> list[Row]:
-    return [(str(row["id"]), session_cells(row), row) for row in rows]
+def session_rows(rows: Iterable[dict], fleet: bool = False) -> list[Row]:
+    return [(str(row["id"]), session_cells(row, fleet), row) for row in rows]
+
+
+WORKER_COLUMNS = (
+    ("worker", "Worker"),
+    ("pid", "PID"),
+    ("conn_current", "Conns"),
+    ("rps", "Req/s"),
+    ("restarts", "Restarts"),
+)
+
+
+def worker_rows(workers: Iterable[dict], rates: dict[int, float]) -> list[Row]:
+    """The workers panel: each worker process the master runs, `rates` its req/s."""
+    rows = []
+    for worker in workers:
+        wid = worker["worker"]
+        state = "" if worker.get("ready") else " (starting)"
+        if worker.get("retiring"):
+            state = " (stopping)"
+        cells = (
+            f"{wid}{state}",
+            number(str(worker.get("pid", "?"))),
+            number(human_count(worker.get("conn_current") or 0)),
+            number(human_rate(rates.get(wid, 0.0))),
+            number(str(worker.get("restarts", 0))),
+        )
+        rows.append((str(wid), cells, {**worker, "rps": rates.get(wid, 0.0)}))
+    return rows
 
 
 TOP_COLUMNS = (

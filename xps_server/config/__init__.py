@@ -1,6 +1,6 @@
 """Configuration: the JSON config file's model, its loader/validator, and route lookup."""
 
-from .load import ConfigError, load_config, parse_config
+from .load import ConfigError, config_from, load_config, parse_config, read_config
 from .model import Config, Limits, Listener, Route, Server, Timeouts, Upstream
 from .routes import find_route, find_server, route_key
 
@@ -13,9 +13,11 @@ __all__ = [
     "Server",
     "Timeouts",
     "Upstream",
+    "config_from",
     "find_route",
     "find_server",
     "load_config",
     "parse_config",
+    "read_config",
     "route_key",
 ]

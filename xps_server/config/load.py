@@ -28,6 +28,8 @@ from .model import (
     Upstream,
 )
 
+MAX_WORKERS = 1024  # worker processes a config may ask for
+
 _TOP_KEYS = frozenset(
     {
         "server_name",
@@ -90,6 +92,21 @@ def load_config(path: str) -> Config:
     Relative paths inside it resolve against the file's folder. Raises :class:`ConfigError`
     for an unreadable file, malformed JSON (with line and column) or any invalid value.
     """
+    return config_from(read_config(path), path)
+
+
+def config_from(data: object, path: str) -> Config:
+    """Validate `data`, the decoded content of the config file at `path`."""
+    abs_path = os.path.abspath(path)
+    config = parse_config(data, os.path.dirname(abs_path))
+    config.path = abs_path
+    return config
+
+
+def read_config(path: str) -> object:
+    """The config file at `path`, decoded but not validated (what a master hands its workers,
+    so they run what it validated even if the file changes meanwhile); ConfigError if it
+    cannot be read or decoded."""
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
@@ -106,10 +123,7 @@ def load_config(path: str) -> Config:
     except (ValueError, RecursionError) as exc:
         # Integers past Python's digit limit raise plain ValueError; deep nesting recurses.
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    abs_path = os.path.abspath(path)
-    config = parse_config(data, os.path.dirname(abs_path))
-    config.path = abs_path
-    return config
+    return data
 
 
 def parse_config(data: object, base_dir: str) -> Config:
@@ -260,6 +274,15 @@ class _Checker:
             return value
         return default
 
+    def workers(self, value: object) -> int:
+        """`workers`: an integer in 1..MAX_WORKERS, or "auto" for one per CPU core."""
+        if value == "auto":
+            return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        if not _is_int(value) or not 1 <= value <= MAX_WORKERS:
+            self.expected("workers", f'an integer in 1..{MAX_WORKERS} or "auto"', value)
+            return 1
+        return value
+
     def boolean(self, data: dict[str, Any], key: str, path: str, default: bool) -> bool:
         value = data.get(key, _MISSING)
         if value is _MISSING:
@@ -322,7 +345,7 @@ class _Checker:
     def top(self, top: dict[str, Any], config: Config) -> None:
         if "server_name" in top:
             config.server_name = self.text(top["server_name"], "server_name") or "eXpServer"
-        config.workers = self.integer(top, "workers", "", 1, 1)
+        config.workers = self.workers(top.get("workers", 1))
         config.top_clients = self.integer(top, "top_clients", "", config.top_clients, 0, 1_000_000)
         config.histograms = self.boolean(top, "histograms", "", config.histograms)
         for key in ("access_log", "state_file", "control_socket"):

@@ -397,24 +397,34 @@ class CommandAPI:
             self._announce(command, args, reply)
             done(reply)
 
-    def _apply(self, message: Any) -> tuple[Command | None, dict[str, Any], dict[str, Any]]:
+    @staticmethod
+    def lookup(message: Any) -> tuple[Command, dict[str, Any]]:
+        """(command, its arguments as sent) of a command message; CommandError if it is not
+        an object, names no command, or its `args` is not an object."""
         if not isinstance(message, dict):
-            return None, {}, {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
+            raise CommandError("a command is a JSON object with a 'cmd' key")
         name = message.get("cmd")
         args = message.get("args", {})
         if args is None:
             args = {}
         command = COMMANDS.get(name) if isinstance(name, str) else None
         if command is None:
-            return None, {}, {"ok": False, "error": f"unknown command {name!r}"}
+            raise CommandError(f"unknown command {name!r}")
         if not isinstance(args, dict):
-            return None, {}, {"ok": False, "error": "'args' must be a JSON object"}
+            raise CommandError("'args' must be a JSON object")
+        return command, args
+
+    def _apply(self, message: Any) -> tuple[Command | None, dict[str, Any], dict[str, Any]]:
+        try:
+            command, args = self.lookup(message)
+        except CommandError as exc:
+            return None, {}, {"ok": False, "error": str(exc)}
         try:
             reply = {"ok": True, "result": command.handler(self.core, command.parse(args))}
         except CommandError as exc:
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:
-            log.exception("command %s failed", name)
+            log.exception("command %s failed", command.name)
             reply = {"ok": False, "error": f"internal error: {exc}"}
         return command, args, reply
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xps_server.config import Config, ConfigError, load_config
@@ -45,9 +45,16 @@ class Core:
     """Everything one running server holds."""
 
     def __init__(
-        self, config: Config, handlers: Mapping[str, RouteHandler], loop: Loop | None = None
+        self,
+        config: Config,
+        handlers: Mapping[str, RouteHandler],
+        loop: Loop | None = None,
+        state: dict[str, Any] | None = None,
+        first_session: int = 1,
     ) -> None:
-        """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`)."""
+        """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`). A worker
+        process passes `state`, the runtime state its master owns (the state file is the
+        master's), and `first_session`, so session ids are unique across the workers."""
         self.config = config
         self.loop = loop or Loop()
         self.writer = ResponseWriter(config.server_name)
@@ -70,30 +77,37 @@ class Core:
         # Open sessions by client address as accept() gave it: what a global block closes.
         self.sessions_by_ip: dict[str, dict[int, Session]] = {}
         self.draining = False
+        # In a worker process: how the metrics route asks the master for the fleet's figures.
+        self.fleet: Callable[[bool, Callable[[bytes | None], None]], None] | None = None
         self.route_handlers = handlers
-        self._next_session_id = 0
+        self._next_session_id = first_session - 1
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
-        self.runtime = Runtime(self)
+        self.runtime = Runtime(self, state)
         self.runtime.attach(config, self.routing)
 
     # --- listeners --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
-        self.listeners = self._bind(self.config, {})
+    def start(self, sockets: Mapping[tuple[str, int], socket.socket] | None = None) -> None:
+        """Bind every listener of the config, or take the listening `sockets` given for them (a
+        worker's, bound by its master); raises OSError (nothing left bound) on failure."""
+        self.listeners = self._bind(self.config, {}, sockets or {})
         self._serve(self.routing)
 
     def _bind(
-        self, config: Config, keep: dict[tuple[str, int], Listener[ServerView]]
+        self,
+        config: Config,
+        keep: dict[tuple[str, int], Listener[ServerView]],
+        sockets: Mapping[tuple[str, int], socket.socket] | None = None,
     ) -> dict[tuple[str, int], Listener[ServerView]]:
-        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
-        and leaves those in `keep` serving what they served."""
+        """Listeners for `config`, reusing those in `keep` or taking the sockets given; on
+        failure closes what it opened and leaves those in `keep` serving what they served."""
         bound: dict[tuple[str, int], Listener[ServerView]] = {}
+        given = sockets or {}
         try:
             for key in config.listeners():
                 listener = keep.get(key)
                 if listener is None:
-                    listener = Listener(self.loop, key[0], key[1], self._on_accept)
+                    listener = Listener(self.loop, key[0], key[1], self._on_accept, given.get(key))
                 bound[key] = listener
         except OSError:
             for key, listener in bound.items():
@@ -301,6 +315,15 @@ class Core:
         """The same figures, and the latency histograms, as Prometheus text."""
         return prometheus(snapshot(self), self)
 
+    def fleet_metrics(self, as_prometheus: bool, answer: Callable[[bytes | None], None]) -> bool:
+        """In a worker process: ask the master for the figures of every worker, JSON or
+        Prometheus text; `answer` gets the body later (None: the master could not answer).
+        False, and nothing asked, in a server of one process."""
+        if self.fleet is None:
+            return False
+        self.fleet(as_prometheus, answer)
+        return True
+
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
     def block(
         self, cidr: str, route: str | None = None, seconds: float | None = None
@@ -346,12 +369,16 @@ class Core:
             if key not in bound:
                 listener.close()
         self.listeners = bound
+        self.reconfigure(config)
+        self._serve(self.routing)
+
+    def reconfigure(self, config: Config) -> None:
+        """Switch to `config` but for the listeners (`apply` binds them; a master has none)."""
         self.config = config
         self.writer = ResponseWriter(config.server_name)
         self.files.clear()
         self.routing = self._configure(config)
         self.runtime.attach(config, self.routing)
-        self._serve(self.routing)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
             if old_log is not None:

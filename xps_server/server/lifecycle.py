@@ -46,6 +46,11 @@ class Server:
         """The running config: the one given, or the last one a reload applied."""
         return self.core.config if self.core is not None else self._config
 
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each listener, as bound."""
+        return [listener.address for listener in self._core().listeners.values()]
+
     def _core(self) -> Core:
         if self.core is None:
             raise RuntimeError("the server is not started")

@@ -296,6 +296,22 @@ def prometheus(data: dict[str, Any], core: Core | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fleet_prometheus(data: dict[str, Any]) -> str:
+    """A master's merged figures (`fleet.merge_metrics`) as Prometheus text: the fleet's
+    sums, and per worker its connections and requests."""
+    lines = [prometheus(data).rstrip("\n")]
+    for name, key, kind, text in (
+        ("xps_worker_connections_current", "conn_current", "gauge", "Open connections"),
+        ("xps_worker_requests_total", "req_total", "counter", "Requests received"),
+    ):
+        lines += [f"# HELP {name} {text}, per worker process.", f"# TYPE {name} {kind}"]
+        lines += [
+            f'{name}{{worker="{row["worker"]}",pid="{row["pid"]}"}} {row[key]}'
+            for row in data.get("per_worker", ())
+        ]
+    return "\n".join(lines) + "\n"
+
+
 _ROUTE_HELP = "Time from request head to response queued, per route."
 _UP_HELP = "Time from request sent to response complete, per upstream."
 

@@ -51,7 +51,9 @@ log = logging.getLogger("xps.runtime")
 class Runtime:
     """The runtime layer of one core: block list, gzip overrides, drains, their persistence."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, state: dict[str, Any] | None = None) -> None:
+        """`state`: the runtime state to start from (a worker's, from its master) instead of
+        the state file's."""
         self.core = core
         self.blocklist = BlockList()
         self.gzip_overrides: dict[str, bool] = {}
@@ -63,7 +65,14 @@ class Runtime:
         self._timer = core.loop.timer(self._expire)
         self._state_path = core.config.state_file
         self.state = StateWriter(core.loop, self._snapshot)
-        self._load()
+        if state is None:
+            self._load()
+        else:
+            self._restore(dict(state), "the master's runtime state")
+
+    def content(self) -> dict[str, Any]:
+        """The runtime state as the state file holds it (what a new worker starts from)."""
+        return self._snapshot()[1]()
 
     # --- config -------------------------------------------------------------------------------
     def attach(self, config: Config, routing: Routing) -> None:
@@ -302,6 +311,10 @@ class Runtime:
         except ValueError as exc:
             _set_aside(path, str(exc))
             return
+        self._restore(data, f"state file {path}")
+
+    def _restore(self, data: dict[str, Any], source: str) -> None:
+        """Take the blocks, gzip switches and drains of `data` (decoded state file content)."""
         problems = self.blocklist.load_json(data.pop("blocks", []), time.time())
         gzip = data.pop("gzip", {})
         if isinstance(gzip, dict):
@@ -320,7 +333,7 @@ class Runtime:
         data.pop("version", None)
         self._other = data
         for problem in problems:
-            log.warning("state file %s: %s (entry skipped)", path, problem)
+            log.warning("%s: %s (entry skipped)", source, problem)
         self._schedule()
 
 

@@ -52,6 +52,9 @@ JOIN_BODY_BYTES = 4096
 # further read from a client we are done with, and no longer than LINGER_TIME in all.
 LINGER_TIMEOUT = 5.0
 LINGER_TIME = 30.0
+# At a graceful stop, how long a connection accepted but still silent may take to send its
+# first request (it is answered, then closed; past this it is closed without a word).
+FIRST_REQUEST_GRACE = 1.0
 
 
 class Session:
@@ -212,6 +215,15 @@ class Session:
         if self.parser.in_message:
             # `handle` (a head still arriving) or the end of this message (a request already
             # answered) sees core.draining and closes after it.
+            return
+        if self.requests == 0 and not self.conn.out.items:
+            # Accepted just before the drain, its first request likely on the way: closing now
+            # would reset it. It gets a moment to arrive, and is answered with a close (`handle`
+            # sees core.draining).
+            timer = self.timer
+            deadline = self.core.loop.now + FIRST_REQUEST_GRACE
+            if timer.deadline is None or timer.deadline > deadline:
+                timer.reset(deadline)
             return
         self.close_after = True
         if not self.conn.out.items:
