@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import Client, free_port, read_until_close, wait_until
 from tests.test_control import LineClient
-from xps_server.server.fleet import merge_figures, merge_metrics, merge_top, merge_upstreams
+from xps_server.server.merge import merge_figures, merge_metrics, merge_top, merge_upstreams
 
 START_TIMEOUT = 20.0  # a worker is a new interpreter: on a busy machine it takes a while
 

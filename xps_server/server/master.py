@@ -9,7 +9,7 @@ socket and the event stream, through a `Core` of its own that never listens. Eac
 (`worker.py`) is a process of its own, reached over a channel (`channel.py`).
 
 Commands (`FleetAPI`, the command table of `control.py`): a read (`snapshot`, `top`) goes to
-every worker and the replies are merged (`fleet.py`); `session` and `kill` go to the worker
+every worker and the replies are merged (`merge.py`); `session` and `kill` go to the worker
 whose id the session's id carries; a change (block, unblock, gzip, drain, enable) is applied
 to the master's runtime first (which validates it and writes the state file), then sent to
 every worker, and answered once every worker has applied it and the state file has it.
@@ -59,7 +59,7 @@ from xps_server.server.channel import Channel
 from xps_server.server.commands import CommandError
 from xps_server.server.control import COMMANDS, CommandAPI, ControlServer
 from xps_server.server.core import Core
-from xps_server.server.fleet import merge_metrics, merge_snapshot, merge_top
+from xps_server.server.merge import merge_metrics, merge_snapshot, merge_top
 from xps_server.server.metrics import fleet_prometheus
 from xps_server.server.worker import SESSION_SPAN
 
