@@ -48,6 +48,7 @@ class Connection:
         "sock",
         "writing",
     )
+    scheme = "http"  # what X-Forwarded-Proto says for this client
 
     def __init__(self, loop: Loop, sock: socket.socket, peer: tuple) -> None:
         self.loop = loop
@@ -230,6 +231,10 @@ class Connection:
             self.loop.modify(self.fd, WRITE_MASK)
 
     # --- teardown ---------------------------------------------------------------------------
+    def shutdown_write(self) -> None:
+        """Send our FIN (a lingering close): the client may still send, we send no more."""
+        self.sock.shutdown(socket.SHUT_WR)
+
     def close(self) -> None:
         if self.closed:
             return

@@ -38,6 +38,7 @@ class Listener:
         self.host = host
         self.port = port
         self.servers: list = []
+        self.tls = None  # the TlsEndpoint when clients here speak TLS (the core sets it)
         self._on_accept = on_accept
         bind_host = "127.0.0.1" if host == "localhost" else host
         sock = socket.socket(_family_for(bind_host), socket.SOCK_STREAM)

@@ -90,7 +90,7 @@ def _connection_options(value: str | None) -> frozenset[str]:
     return frozenset(t.strip(" \t") for t in value.split(",")) - {"", "close", "keep-alive"}
 
 
-def upstream_request_head(request: Request, client_ip: str) -> bytes:
+def upstream_request_head(request: Request, client_ip: str, scheme: str = "http") -> bytes:
     """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
     hop-by-hop fields and names with "_" dropped (as nginx does), X-Forwarded-For/-Proto/-Host
     set. Host and the body framing are written from what the parser decided, never copied: the
@@ -121,7 +121,7 @@ def upstream_request_head(request: Request, client_ip: str) -> bytes:
     if forwarded_for:
         client_ip = f"{forwarded_for}, {client_ip}"
     add(f"X-Forwarded-For: {client_ip}\r\n")
-    add("X-Forwarded-Proto: http\r\n")
+    add(f"X-Forwarded-Proto: {scheme}\r\n")
     if host:
         add(f"X-Forwarded-Host: {host}\r\n")
     add("\r\n")
@@ -248,7 +248,7 @@ class ProxyStream:
         read = route.upstream_read_timeout
         self.connect_timeout = timeouts.upstream_connect if connect is None else connect
         self.read_timeout = timeouts.upstream_read if read is None else read
-        self.head = upstream_request_head(request, ctx.conn.peer_ip)
+        self.head = upstream_request_head(request, ctx.conn.peer_ip, ctx.conn.scheme)
         self.phase = CONNECTING
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None

@@ -11,8 +11,9 @@ import logging
 import socket
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from xps_server.config import Config, ConfigError, load_config
+from xps_server.config import Config, ConfigError, Tls, load_config
 from xps_server.core.loop import Loop
 from xps_server.disk.file import FileCache
 from xps_server.disk.gzip import GzipCache
@@ -23,10 +24,12 @@ from xps_server.events import (
     ConnectionOpened,
     EventBus,
     RequestFinished,
+    TlsError,
 )
 from xps_server.http.writer import ResponseWriter
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
+from xps_server.network.tls import TlsConnection, TlsEndpoint, TlsSetupError, server_context
 from xps_server.network.upstream import UpstreamRegistry
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
@@ -36,6 +39,9 @@ from xps_server.server.routing import RouteState, Routing
 from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 log = logging.getLogger("xps.core")
 
@@ -78,9 +84,11 @@ class Core:
 
     # --- listeners --------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
+        """Load the certificates and bind every listener of the config; raises ConfigError (a
+        certificate that cannot be used) or OSError (nothing left bound) on failure."""
+        tls = self._tls_endpoints(self.config)
         self.listeners = self._bind(self.config, {})
-        self._serve(self.routing)
+        self._serve(self.routing, tls)
 
     def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
         """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
@@ -99,10 +107,60 @@ class Core:
             raise
         return bound
 
-    def _serve(self, routing: Routing) -> None:
-        """Each listener answers with the views of the servers that share it."""
+    def _serve(self, routing: Routing, tls: dict[tuple[str, int], TlsEndpoint]) -> None:
+        """Each listener answers with the views of the servers that share it, and its
+        certificates on a TLS port."""
         for key, views in routing.listeners(self.config).items():
-            self.listeners[key].servers = views
+            listener = self.listeners[key]
+            listener.servers = views
+            listener.tls = tls.get(key)
+
+    def _tls_endpoints(self, config: Config) -> dict[tuple[str, int], TlsEndpoint]:
+        """The certificates of each TLS listener of `config`, loaded now (before anything
+        changes, so a certificate that cannot be used leaves the running ones in service)."""
+        contexts: dict[tuple[str, str, str], SSLContext | None] = {}
+        problems: list[str] = []
+
+        def context_of(tls: Tls) -> SSLContext | None:  # each loaded once, however often named
+            key = (tls.cert, tls.key, tls.min_version)
+            if key not in contexts:
+                try:
+                    contexts[key] = server_context(*key)
+                except TlsSetupError as exc:
+                    contexts[key] = None
+                    problems.append(f"tls: {exc}")
+            return contexts[key]
+
+        endpoints: dict[tuple[str, int], TlsEndpoint] = {}
+        timeout = config.timeouts.tls_handshake
+        for key, servers in config.listener_tls().items():
+            default = context_of(servers[0][1])
+            by_name: dict[str, SSLContext | None] = {}
+            for server, listener_tls in servers:
+                context = context_of(server.tls or listener_tls)
+                for name in server.hostnames:
+                    by_name.setdefault(name, context)
+            usable = {name: ctx for name, ctx in by_name.items() if ctx is not None}
+            if default is not None and len(usable) == len(by_name):
+                endpoints[key] = TlsEndpoint(
+                    default, usable, timeout, self._tls_ready, self._tls_failed
+                )
+        if problems:
+            raise ConfigError(problems)
+        return endpoints
+
+    def _tls_ready(self, conn: TlsConnection) -> None:
+        """A handshake completed: the request head is due within client_header from now."""
+        session = conn.handler
+        session.timer.reset(self.loop.now + self.config.timeouts.client_header)
+
+    def _tls_failed(self, conn: TlsConnection, reason: str) -> None:
+        self.stats.tls_errors += 1
+        log.debug("TLS with %s:%d failed: %s", conn.peer_ip, conn.peer_port, reason)
+        bus = self.bus
+        if bus.active:
+            session = conn.handler
+            bus.publish(TlsError(time.time(), session.id if session else 0, conn.peer_ip, reason))
 
     def _configure(self, config: Config) -> Routing:
         """The routes of `config` with the state the server keeps for them: the upstreams and
@@ -139,8 +197,14 @@ class Core:
         stats.conn_accepted += 1
         stats.conn_current += 1
         self._next_session_id += 1
-        conn = Connection(self.loop, sock, peer)
-        session = Session(self, listener, conn, self._next_session_id)
+        tls = listener.tls
+        if tls is None:
+            conn = Connection(self.loop, sock, peer)
+            session = Session(self, listener, conn, self._next_session_id)
+        else:
+            conn = TlsConnection(self.loop, sock, peer, tls)
+            session = Session(self, listener, conn, self._next_session_id)
+            session.timer.cancel()  # the handshake has its own deadline; the head's follows it
         self.sessions[session.id] = session
         same_ip = self.sessions_by_ip.get(conn.peer_ip)
         if same_ip is None:
@@ -334,7 +398,9 @@ class Core:
         return ok, message
 
     def apply(self, config: Config) -> None:
-        """Switch to `config`: new listeners bound first, then old ones closed."""
+        """Switch to `config`: certificates loaded and new listeners bound first, then old
+        ones closed. Established TLS connections keep the certificate they began with."""
+        tls = self._tls_endpoints(config)
         bound = self._bind(config, self.listeners)
         for key, listener in self.listeners.items():
             if key not in bound:
@@ -345,7 +411,7 @@ class Core:
         self.files.clear()
         self.routing = self._configure(config)
         self.runtime.attach(config, self.routing)
-        self._serve(self.routing)
+        self._serve(self.routing, tls)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
             if old_log is not None:

@@ -16,7 +16,6 @@ does not answer our last response with a reset that destroys it unread.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -290,7 +289,7 @@ class Session:
             conn.close()
             return
         try:
-            conn.sock.shutdown(socket.SHUT_WR)
+            conn.shutdown_write()
         except OSError:
             conn.close()
             return

@@ -1,0 +1,452 @@
+"""TLS over a connection: contexts, certificate choice by SNI, and the encrypting byte stream.
+
+The standard library's `ssl` runs sans-IO here: an `SSLObject` between two `MemoryBIO`s, fed
+from and drained to the very socket calls the cleartext `Connection` makes, on the same
+edge-triggered loop. Nothing ever blocks: a handshake that needs bytes waits for the next
+EPOLLIN, ciphertext the socket will not take waits for EPOLLOUT.
+
+- `TlsStream` is the encrypting half, a mixin over `Connection` (or an upstream connection):
+  it overrides reading and writing, nothing else, so a session sees the same recv/send seam
+  whether its client speaks TLS or not, and the cleartext path carries no TLS branch at all.
+  Files go through in bounded `pread`s (no sendfile under TLS), read only once the socket took
+  the previous chunk's ciphertext, so back-pressure and memory bounds hold as in cleartext.
+- `TlsConnection` is a client connection on a TLS listener: it handshakes first, bounded by
+  its own timer, and reports the outcome to its listener's `TlsEndpoint`.
+- `TlsEndpoint` holds a TLS listener's contexts: the default one and those chosen by SNI among
+  the server blocks' hostnames (exact, else the longest wildcard). A reload swaps them; each
+  established connection keeps the context it was made with.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xps_server.core.pipe import FileSegment
+from xps_server.network.connection import READ_MASK, RECV_SIZE, Connection
+
+if TYPE_CHECKING:
+    from xps_server.core.loop import Loop
+    from xps_server.network.connection import ConnectionHandler
+
+# Mozilla's "intermediate" profile (v5.7) for TLS 1.2; TLS 1.3 suites are OpenSSL's, all good.
+INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+ALPN = ["http/1.1"]
+# Plaintext encrypted per batch: bounds both the ciphertext a slow client pins and one
+# connection's share of a loop turn; a file is read this much at a time.
+TLS_CHUNK = 64 * 1024
+
+
+class TlsSetupError(Exception):
+    """A certificate or key that cannot be used; the message says which file and why."""
+
+
+def _no_passphrase() -> bytes:
+    # An encrypted key would otherwise make OpenSSL prompt on the terminal.
+    raise TlsSetupError("the key is encrypted; give an unencrypted key file")
+
+
+def server_context(cert: str, key: str, min_version: str = "TLSv1.2") -> ssl.SSLContext:
+    """A server context with the intermediate profile, ALPN http/1.1 and session tickets (on
+    by default in OpenSSL: TLS 1.2 tickets, two TLS 1.3 tickets per handshake)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = VERSIONS[min_version]
+    context.set_ciphers(INTERMEDIATE_CIPHERS)
+    context.set_alpn_protocols(ALPN)
+    # Client-initiated renegotiation costs the server a handshake on the client's whim.
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except TlsSetupError:
+        raise
+    except ssl.SSLError as exc:
+        raise TlsSetupError(
+            f"cannot use certificate {cert} with key {key}: {_reason(exc)}"
+        ) from None
+    except OSError as exc:
+        name = exc.filename or f"{cert} or {key}"
+        raise TlsSetupError(f"cannot read {name}: {exc.strerror or exc}") from None
+    return context
+
+
+def client_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """A context for HTTPS upstreams: certificates verified against `ca_file` or the system
+    store, host names checked, unless `verify` is off."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(ALPN)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a TLS failure (OpenSSL's reason code when it has one)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or "certificate verify failed"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__
+
+
+class TlsEndpoint:
+    """A TLS listener's certificates and the core's callbacks for its connections.
+
+    `contexts` maps the hostnames of the server blocks (lower-case; "*.suffix" wildcards) to
+    the context with their certificate; any other name, or none, gets `default`.
+    """
+
+    __slots__ = ("by_name", "default", "handshake_timeout", "on_error", "on_ready", "wildcards")
+
+    def __init__(
+        self,
+        default: ssl.SSLContext,
+        contexts: dict[str, ssl.SSLContext],
+        handshake_timeout: float,
+        on_ready: Callable[[TlsConnection], None],
+        on_error: Callable[[TlsConnection, str], None],
+    ) -> None:
+        self.default = default
+        self.by_name = {name: ctx for name, ctx in contexts.items() if not name.startswith("*.")}
+        # Longest suffix first: "*.a.example.com" wins over "*.example.com".
+        self.wildcards = sorted(
+            ((name[1:], ctx) for name, ctx in contexts.items() if name.startswith("*.")),
+            key=lambda item: -len(item[0]),
+        )
+        self.handshake_timeout = handshake_timeout
+        self.on_ready = on_ready
+        self.on_error = on_error
+        if contexts:
+            default.sni_callback = self._on_sni
+
+    def context_for(self, name: str) -> ssl.SSLContext:
+        name = name.lower().removesuffix(".")
+        context = self.by_name.get(name)
+        if context is not None:
+            return context
+        for suffix, context in self.wildcards:
+            if name.endswith(suffix):
+                return context
+        return self.default
+
+    def _on_sni(self, tls: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        if name is not None:
+            tls.sni_name = name  # type: ignore[attr-defined]  # read back by the console
+            context = self.context_for(name)
+            if context is not self.default:
+                tls.context = context
+
+
+class TlsStream:
+    """Reading and writing through an `SSLObject` (see the module docstring). A mixin: the
+    class using it also derives from `Connection` and declares the slots set by `_tls_init`."""
+
+    __slots__ = ()
+    scheme = "https"
+
+    def _tls_init(
+        self, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
+        self.tls = tls
+        self.tls_in = incoming
+        self.tls_out = outgoing
+        self.cipher: memoryview | bytes | None = None  # ciphertext the socket has not taken
+        self.handshaking = True
+        self.peer_done = False  # the peer ended its side (close_notify, or a bare FIN)
+        self.shut = False  # we sent close_notify
+
+    # --- the handshake -------------------------------------------------------------------
+    def _handshake(self) -> None:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._write()  # our flight, if this step made one
+            return
+        except (ssl.SSLError, ValueError) as exc:
+            self._write()  # the alert, so the peer learns why
+            if not self.closed:
+                self._handshake_failed(_reason(exc))
+            return
+        self.handshaking = False
+        self._write()  # our Finished, TLS 1.3 session tickets, and anything queued meanwhile
+        if not self.closed:
+            self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        raise NotImplementedError
+
+    def _handshake_failed(self, reason: str) -> None:
+        raise NotImplementedError
+
+    # --- reading -------------------------------------------------------------------------
+    def read(self, peer_closed: int = 0) -> None:
+        """Decrypt what is buffered, then drain the socket, until EAGAIN, EOF, a pause or a
+        close; the handler sees plaintext only."""
+        if self.read_paused:
+            self.read_pending = True
+            return
+        recv = self._recv
+        incoming = self.tls_in
+        drained = False  # a short read: the kernel buffer is empty (see Connection.read)
+        while True:
+            if not self.handshaking and not self._deliver():
+                return
+            if drained:
+                return
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:
+                self._on_raw_eof()
+                return
+            self.bytes_in += len(data)
+            drained = len(data) < RECV_SIZE and not peer_closed
+            if self.shut or self.peer_done:
+                # Past close_notify nothing is decrypted; the handler (a lingering session)
+                # only learns that the client still sends.
+                self.handler.on_data(b"")
+                if self.closed:
+                    return
+                continue
+            incoming.write(data)
+            if self.handshaking:
+                self._handshake()
+                if self.closed:
+                    return
+
+    def _deliver(self) -> bool:
+        """Hand the handler what the buffered records decrypt to; False once it must stop
+        (closed, paused, or the peer's close_notify)."""
+        tls = self.tls
+        incoming = self.tls_in
+        while incoming.pending or tls.pending():
+            try:
+                data = tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break  # a partial record (the rest is on its way), or a handshake message
+            except ssl.SSLZeroReturnError:
+                self.peer_done = True
+                self.handler.on_eof()
+                return False
+            except ssl.SSLError as exc:
+                self._stream_failed(_reason(exc))
+                return False
+            self.handler.on_data(data)
+            if self.closed:
+                return False
+            if self.read_paused:
+                self.read_pending = True
+                return False
+        if self.tls_out.pending and not self.writing:
+            self._write()  # a reply a post-handshake message asked for (a key update)
+        return True
+
+    def _on_raw_eof(self) -> None:
+        if self.handshaking:
+            self.close()  # a port probe, or a client that gave up: nothing to report
+        elif not self.peer_done:
+            self.peer_done = True  # a close without close_notify: HTTP framing still holds
+            self.handler.on_eof()
+
+    def _stream_failed(self, reason: str) -> None:
+        self.close()
+
+    # --- writing -------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.out.push(data)
+        if not self.writing and not self.handshaking:
+            self._write()
+
+    def send_body(self, head: bytes, body: bytes) -> None:
+        out = self.out
+        out.push(head)
+        out.push(body)
+        if not self.writing and not self.handshaking:
+            self._write()
+
+    def flush(self) -> None:
+        if self.handshaking:
+            self._write()  # handshake bytes only: no drain to tell anyone about
+            return
+        super().flush()
+
+    def _write(self) -> None:
+        """Send what the socket takes: pending ciphertext first, then the pipe's items,
+        encrypted a bounded batch at a time (a file read as it goes), and only once the
+        previous batch is all out."""
+        if self.closed:
+            return
+        send = self._send
+        outgoing = self.tls_out
+        out = self.out
+        items = out.items
+        cipher = self.cipher
+        while True:
+            if cipher is None:
+                if items and not self.handshaking and not self._encrypt_batch(items):
+                    return
+                if not outgoing.pending:
+                    break
+                cipher = outgoing.read()
+            try:
+                sent = send(cipher)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            self.bytes_out += sent
+            if sent < len(cipher):
+                self.cipher = memoryview(cipher)[sent:]
+                self._want_write()
+                return
+            cipher = self.cipher = None
+        if self.writing:
+            self.writing = False
+            self.loop.modify(self.fd, READ_MASK)
+
+    def _encrypt_batch(self, items: deque) -> bool:
+        """Encrypt up to TLS_CHUNK bytes of the pipe's head items; False if that closed us."""
+        out = self.out
+        encrypt = self.tls.write
+        budget = TLS_CHUNK
+        try:
+            while items and budget > 0:
+                item = items[0]
+                if type(item) is FileSegment:
+                    data = os.pread(item.fd, min(item.count, budget), item.offset)
+                    if not data:
+                        # The file shrank under us: the promised length cannot be met.
+                        self.close()
+                        return False
+                    item.offset += len(data)
+                    item.count -= len(data)
+                    if item.count == 0:
+                        item.close()
+                        items.popleft()
+                elif len(item) <= budget:
+                    data = item
+                    items.popleft()
+                else:
+                    view = memoryview(item)
+                    data = view[:budget]
+                    items[0] = view[budget:]
+                encrypt(data)
+                out.size -= len(data)
+                budget -= len(data)
+        except (OSError, ssl.SSLError):
+            self.close()
+            return False
+        return True
+
+    # --- closing -------------------------------------------------------------------------
+    def _close_notify(self) -> bytes:
+        """Our close_notify alert, once (empty while no session is established)."""
+        if self.shut or self.handshaking:
+            return b""
+        self.shut = True
+        try:
+            self.tls.unwrap()
+        except ssl.SSLError:
+            pass  # SSLWantReadError: the peer's close_notify has not come, and need not
+        return self.tls_out.read()
+
+    def shutdown_write(self) -> None:
+        """Close our sending side: close_notify first, then the TCP FIN."""
+        alert = self._close_notify()
+        if alert:
+            self._send(alert)  # a few bytes after an empty pipe: the socket takes them
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if not self.closed and self.cipher is None and not self.out.items:
+            # A clean end (nothing left unsent): tell the peer, best effort, as nginx does.
+            alert = self._close_notify()
+            if alert:
+                try:
+                    self._send(alert)
+                except OSError:
+                    pass
+        super().close()
+
+
+class TlsConnection(TlsStream, Connection):
+    """A client connection on a TLS listener (see the module docstring)."""
+
+    __slots__ = (
+        "cipher",
+        "endpoint",
+        "handshake_timer",
+        "handshaking",
+        "peer_done",
+        "shut",
+        "tls",
+        "tls_in",
+        "tls_out",
+    )
+
+    def __init__(self, loop: Loop, sock: socket.socket, peer: tuple, endpoint: TlsEndpoint) -> None:
+        super().__init__(loop, sock, peer)
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        self._tls_init(
+            endpoint.default.wrap_bio(incoming, outgoing, server_side=True), incoming, outgoing
+        )
+        self.endpoint = endpoint
+        self.handshake_timer = loop.timer(self._handshake_expired)
+
+    def start(self, handler: ConnectionHandler) -> None:
+        self.handshake_timer.reset(self.loop.now + self.endpoint.handshake_timeout)
+        super().start(handler)
+
+    def _handshake_done(self) -> None:
+        self.handshake_timer.close()
+        self.endpoint.on_ready(self)
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.endpoint.on_error(self, reason)
+        self.close()
+
+    def _handshake_expired(self) -> None:
+        if self.handshaking and not self.closed:
+            self._handshake_failed("handshake timed out")
+
+    def _stream_failed(self, reason: str) -> None:
+        self.endpoint.on_error(self, reason)
+        self.close()
+
+    def close(self) -> None:
+        self.handshake_timer.close()
+        super().close()
+
+    def info(self) -> dict:
+        """What the operator sees: protocol version, cipher and the SNI name asked for."""
+        tls = self.tls
+        cipher = tls.cipher() if not self.handshaking else None
+        return {
+            "tls_version": tls.version() if not self.handshaking else None,
+            "tls_cipher": cipher[0] if cipher else None,
+            "sni": getattr(tls, "sni_name", None),
+        }
