@@ -265,7 +265,7 @@ class TlsStream:
 
     def _on_raw_eof(self) -> None:
         if self.handshaking:
-            self.close()  # a port probe, or a client that gave up: nothing to report
+            self.close()
         elif not self.peer_done:
             self.peer_done = True  # a close without close_notify: HTTP framing still holds
             self.handler.on_eof()
@@ -436,6 +436,12 @@ class TlsConnection(TlsStream, Connection):
     def _stream_failed(self, reason: str) -> None:
         self.endpoint.on_error(self, reason)
         self.close()
+
+    def _on_raw_eof(self) -> None:
+        if self.handshaking and self.bytes_in:
+            self._handshake_failed("closed during the handshake")
+        else:
+            super()._on_raw_eof()  # before any byte: a port probe, nothing to report
 
     def close(self) -> None:
         self.handshake_timer.close()

@@ -1,0 +1,397 @@
+"""TLS termination over real loopback sockets: handshakes, SNI, refusals, the handshake timeout,
+certificate reload, files through the encrypting output chain, HTTPS upstreams, config checks.
+
+Certificates come from `trustme`: a throwaway CA per test, certificates issued by it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.backends import Backend
+from tests.helpers import (
+    Client,
+    RunningServer,
+    connect,
+    free_port,
+    read_until_close,
+    server_config,
+    wait_until,
+    write_config,
+)
+from xps_server.config import ConfigError, load_config, parse_config
+from xps_server.events import TlsError
+from xps_server.server.lifecycle import Server
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def issue(ca: trustme.CA, folder: Path, name: str, *hosts: str) -> dict:
+    """A certificate for `hosts` from `ca`, written as NAME.crt and NAME.key; its tls object."""
+    cert = ca.issue_cert(*hosts)
+    cert.cert_chain_pems[0].write_to_path(str(folder / f"{name}.crt"))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(folder / f"{name}.crt"), append=True)
+    cert.private_key_pem.write_to_path(str(folder / f"{name}.key"))
+    return {"cert": str(folder / f"{name}.crt"), "key": str(folder / f"{name}.key")}
+
+
+def tls_config(port: int, tls: dict, routes: list[dict], **top) -> dict:
+    data = server_config(port, routes, **top)
+    data["servers"][0]["listeners"][0]["tls"] = tls
+    return data
+
+
+def client_context(ca: trustme.CA, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.set_alpn_protocols(["http/1.1"])
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+class TlsClient(Client):
+    """The tests' keep-alive client (h11 as the oracle) over TLS."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, name: str = "localhost") -> None:
+        super().__init__(port)
+        self.sock = context.wrap_socket(self.sock, server_hostname=name)
+
+
+def files_route(site: Path, **extra) -> dict:
+    return {"req_path": "/", "type": "file_serve", "dir_path": str(site), **extra}
+
+
+def peer_names(sock: ssl.SSLSocket) -> set[str]:
+    cert = sock.getpeercert()
+    return {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
+
+
+@pytest.fixture
+def tls_server(
+    start_server, ca: trustme.CA, tmp_path: Path, site: Path
+) -> Callable[..., RunningServer]:
+    def start(routes: list[dict] | None = None, **top) -> RunningServer:
+        tls = issue(ca, tmp_path, "localhost", "localhost", "127.0.0.1")
+        return start_server(
+            config=tls_config(free_port(), tls, routes or [files_route(site)], **top)
+        )
+
+    return start
+
+
+# --- handshakes -----------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_request_over_tls_12_and_13(tls_server, ca, version):
+    server = tls_server()
+    client = TlsClient(server.port, client_context(ca, version))
+    assert client.sock.version() == version.name.replace("_", ".")
+    assert client.sock.selected_alpn_protocol() == "http/1.1"
+    assert client.request("GET", "/hello.txt").body == b"hello world\n"
+    assert client.request("GET", "/data.json").body == b'{"a": 1}\n'  # keep-alive
+    client.close()
+    snapshot = server.call(server.core.metrics_snapshot)
+    assert snapshot["tls_errors"] == 0 and snapshot["res_code_2xx"] == 2
+
+
+def test_sni_picks_the_server_blocks_certificate(start_server, ca, tmp_path, site):
+    port = free_port()
+    default = issue(ca, tmp_path, "default", "localhost")
+    exact = issue(ca, tmp_path, "exact", "a.test")
+    wildcard = issue(ca, tmp_path, "wild", "*.b.test")
+    listener = {"host": "127.0.0.1", "port": port, "tls": default}
+    route = [files_route(site)]
+    config = {
+        "servers": [
+            {"listeners": [listener], "routes": route},
+            {"listeners": [listener], "hostnames": ["a.test"], "tls": exact, "routes": route},
+            {"listeners": [listener], "hostnames": ["*.b.test"], "tls": wildcard, "routes": route},
+        ]
+    }
+    server = start_server(config=config)
+    context = client_context(ca)
+    for name, expected in [
+        ("a.test", {"a.test"}),
+        ("x.b.test", {"*.b.test"}),
+        ("localhost", {"localhost"}),
+        ("other.test", {"localhost"}),  # no server claims it: the listener's certificate
+    ]:
+        context.check_hostname = name != "other.test"
+        client = TlsClient(server.port, context, name)
+        assert peer_names(client.sock) == expected, name
+        assert client.request("GET", "/hello.txt").status == 200
+        client.close()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated")
+def test_a_tls_10_only_client_is_refused(tls_server, ca):
+    server = tls_server()
+    context = client_context(ca, ssl.TLSVersion.TLSv1)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0 at all
+    sock = connect(server.port)
+    with pytest.raises(ssl.SSLError):
+        context.wrap_socket(sock, server_hostname="localhost")
+    sock.close()
+    # The server saw the hello and refused it: a TLS error, not a crash or a hang.
+    wait_until(lambda: server.call(server.core.metrics_snapshot)["tls_errors"] == 1)
+    assert TlsClient(server.port, client_context(ca)).request("GET", "/").status == 200
+
+
+def test_a_client_stalling_in_the_handshake_is_cut_at_the_timeout(tls_server, ca):
+    server = tls_server(timeouts={"tls_handshake": 0.3, "client_header": 60})
+    subscription = server.call(lambda: server.core.bus.subscribe())
+    # Half a real ClientHello, then silence.
+    hello_bio = ssl.MemoryBIO()
+    half_open = client_context(ca).wrap_bio(ssl.MemoryBIO(), hello_bio, server_hostname="x")
+    with pytest.raises(ssl.SSLWantReadError):
+        half_open.do_handshake()
+    hello = hello_bio.read()
+    sock = connect(server.port)
+    sock.sendall(hello[: len(hello) // 2])
+    assert read_until_close(sock, timeout=10) == b""  # cut by the server, not the client
+    sock.close()
+    events = wait_until(
+        lambda: [e for e in subscription.take() if isinstance(e, TlsError)], timeout=5
+    )
+    assert events[0].reason == "handshake timed out" and events[0].client == "127.0.0.1"
+    assert server.call(server.core.metrics_snapshot)["tls_errors"] == 1
+    wait_until(lambda: server.call(lambda: len(server.core.sessions)) == 0)
+
+
+# --- reload ---------------------------------------------------------------------------------
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[Callable[[dict], tuple[Server, Path]]]:
+    servers: list[Server] = []
+
+    def start(data: dict) -> tuple[Server, Path]:
+        path = write_config(tmp_path / "config.json", data)
+        server = Server(load_config(str(path)), grace=1.0)
+        servers.append(server)
+        server.start()
+        server.run(background=True)
+        return server, path
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_reload_swaps_the_certificate_and_old_connections_keep_working(
+    file_server, ca, tmp_path, site
+):
+    port = free_port()
+    tls = issue(ca, tmp_path, "site", "localhost", "old.test")
+    server, _ = file_server(tls_config(port, tls, [files_route(site)]))
+    context = client_context(ca)
+    old = TlsClient(port, context)
+    assert "old.test" in peer_names(old.sock)
+    assert old.request("GET", "/hello.txt").status == 200
+
+    issue(ca, tmp_path, "site", "localhost", "new.test")  # same files, new contents
+    ok, message = server.reload().result(5)
+    assert ok, message
+    new = TlsClient(port, context)
+    assert "new.test" in peer_names(new.sock)
+    assert new.request("GET", "/hello.txt").status == 200
+    # The connection made before the reload goes on with its session and certificate.
+    assert old.request("GET", "/data.json").body == b'{"a": 1}\n'
+    assert "old.test" in peer_names(old.sock)
+
+    # A key that cannot be used is refused with the reason; the certificate in service stays.
+    Path(tls["key"]).write_text("not a key\n")
+    ok, message = server.reload().result(5)
+    assert not ok and tls["key"] in message
+    newest = TlsClient(port, context)
+    assert "new.test" in peer_names(newest.sock)
+    assert newest.request("GET", "/hello.txt").status == 200
+    for client in (old, new, newest):
+        client.close()
+
+
+# --- files through the encrypting chain -----------------------------------------------------
+def test_large_files_ranges_and_gzip_over_tls_are_byte_exact(tls_server, ca, site):
+    text = b"".join(b"line %d of a compressible text file\n" % i for i in range(200_000))
+    (site / "big.txt").write_bytes(text)
+    server = tls_server([files_route(site, gzip_enable=True)])
+    big = (site / "big.bin").read_bytes()
+    client = TlsClient(server.port, client_context(ca))
+    assert client.request("GET", "/big.bin").body == big
+    ranged = client.request("GET", "/big.bin", {"Range": "bytes=1000-1500000"})
+    assert ranged.status == 206 and ranged.body == big[1000:1500001]
+    tail = client.request("GET", "/big.bin", {"Range": "bytes=-70000"})
+    assert tail.status == 206 and tail.body == big[-70000:]
+    zipped = client.request("GET", "/big.txt", {"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(zipped.body) == text
+    # Again, from the gzip cache this time.
+    again = client.request("GET", "/big.txt", {"Accept-Encoding": "gzip"})
+    assert gzip.decompress(again.body) == text
+    assert client.request("GET", "/big.txt").body == text
+    client.close()
+
+
+def test_a_client_that_does_not_read_pins_a_bounded_part_of_a_file(tls_server, ca, site):
+    (site / "huge.bin").write_bytes(b"x" * (64 << 20))
+    server = tls_server()
+    client = TlsClient(server.port, client_context(ca))
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.send_raw(b"GET /huge.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+
+    def pending() -> tuple[int, int] | None:
+        (session,) = server.core.sessions.values()
+        conn = session.conn
+        if not conn.writing:
+            return None
+        return conn.out.size, len(conn.cipher or b"")
+
+    # The server waits for the socket with most of the file still on disk, not in memory.
+    size, cipher = wait_until(lambda: server.call(pending))
+    assert size > 32 << 20
+    assert cipher <= 80 * 1024  # one encrypted batch at most
+    client.close()
+
+
+# --- proxying -------------------------------------------------------------------------------
+def test_x_forwarded_proto_says_https_on_a_tls_listener(tls_server, ca):
+    backend = Backend()
+    route = {"req_path": "/", "type": "reverse_proxy", "upstreams": [backend.addr]}
+    server = tls_server([route])
+    client = TlsClient(server.port, client_context(ca))
+    seen = json.loads(client.request("GET", "/x").body)
+    assert ["X-Forwarded-Proto", "https"] in seen["headers"]
+    client.close()
+    backend.stop()
+
+
+def test_https_upstreams_are_verified(start_server, ca, tmp_path, site):
+    upstream_port = free_port()
+    upstream = start_server(
+        config=tls_config(
+            upstream_port, issue(ca, tmp_path, "up", "localhost"), [files_route(site)]
+        )
+    )
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "other-ca.pem").write_bytes(trustme.CA().cert_pem.bytes())
+
+    def proxy(**extra) -> Client:
+        route = {
+            "req_path": "/",
+            "type": "reverse_proxy",
+            "upstreams": [f"https://localhost:{upstream.port}"],
+            "max_fails": 0,
+            **extra,
+        }
+        return Client(start_server([route]).port)
+
+    trusted = proxy(ca_file=str(tmp_path / "ca.pem"))
+    assert trusted.request("GET", "/big.bin").body == (site / "big.bin").read_bytes()
+    assert trusted.request("GET", "/hello.txt").body == b"hello world\n"  # pooled connection
+    wrong_ca = proxy(ca_file=str(tmp_path / "other-ca.pem"))
+    assert wrong_ca.request("GET", "/hello.txt").status == 502
+    system_store = proxy()  # a throwaway CA is in no system store
+    assert system_store.request("GET", "/hello.txt").status == 502
+    unverified = proxy(tls_verify=False)
+    assert unverified.request("GET", "/hello.txt").body == b"hello world\n"
+
+
+# --- redirects ------------------------------------------------------------------------------
+def test_redirect_placeholders_build_the_https_url(start_server):
+    route = {
+        "req_path": "/",
+        "type": "redirect",
+        "http_status_code": 301,
+        "redirect_url": "https://{host}{uri}",
+    }
+    server = start_server([route])
+    client = Client(server.port)
+    client.send_raw(b"GET /a/b?c=1&d=%20 HTTP/1.1\r\nHost: Example.com:8080\r\n\r\n")
+    response = client.read_response()
+    assert response.status == 301
+    assert response.headers["location"] == "https://Example.com/a/b?c=1&d=%20"
+    client.send_raw(b"GET /v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    assert client.read_response().headers["location"] == "https://[::1]/v6"
+    client.close()
+
+
+# --- config ---------------------------------------------------------------------------------
+def check(data: dict, base: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, str(base))
+    return info.value.problems
+
+
+def test_config_refuses_what_cannot_work(ca, tmp_path):
+    tls = issue(ca, tmp_path, "a", "localhost")
+    other = issue(ca, tmp_path, "b", "localhost")
+    metrics = [{"req_path": "/", "type": "metrics"}]
+    mixed = {
+        "servers": [
+            {"listeners": [{"port": 8443, "tls": tls}], "routes": metrics},
+            {"listeners": [{"port": 8443}], "hostnames": ["x.test"], "routes": metrics},
+        ]
+    }
+    assert check(mixed, tmp_path) == [
+        "servers[1].listeners[0]: 0.0.0.0:8443 is TLS in servers[0]: one port cannot mix TLS "
+        "and cleartext"
+    ]
+    no_tls_listener = {"servers": [{"listeners": [{"port": 80}], "tls": tls, "routes": metrics}]}
+    assert check(no_tls_listener, tmp_path)[0].startswith(
+        "servers[0].tls: the server has no TLS listener"
+    )
+    mismatched = {"cert": tls["cert"], "key": other["key"]}
+    problems = check({"servers": [{"listeners": [{"port": 1, "tls": mismatched}]}]}, tmp_path)
+    assert problems[0].startswith("servers[0].listeners[0].tls: cannot use certificate")
+    missing = {"cert": "nope.crt", "key": tls["key"], "min_version": "TLSv1.1"}
+    problems = check({"servers": [{"listeners": [{"port": 1, "tls": missing}]}]}, tmp_path)
+    assert problems == [
+        f"servers[0].listeners[0].tls.cert: file not found: {tmp_path / 'nope.crt'}",
+        "servers[0].listeners[0].tls.min_version: expected one of 'TLSv1.2', 'TLSv1.3', "
+        "got 'TLSv1.1'",
+    ]
+    redirect = {
+        "req_path": "/",
+        "type": "redirect",
+        "http_status_code": 301,
+        "redirect_url": "https://{hots}/",
+    }
+    proxy = {"req_path": "/p", "type": "reverse_proxy", "upstreams": ["a:1"], "ca_file": "x"}
+    problems = check(
+        {"servers": [{"listeners": [{"port": 1}], "routes": [redirect, proxy]}]}, tmp_path
+    )
+    assert problems == [
+        "servers[0].routes[0].redirect_url: unknown placeholder {hots}: use {host} or {uri}",
+        f"servers[0].routes[1].ca_file: cannot read {tmp_path / 'x'}: No such file or directory",
+        "servers[0].routes[1].ca_file: applies to https:// upstreams only; none listed",
+    ]
+
+
+def test_tls_config_is_read(ca, tmp_path):
+    tls = issue(ca, tmp_path, "a", "localhost")
+    route = {"req_path": "/", "type": "reverse_proxy", "upstreams": ["https://api.test"]}
+    data = {
+        "timeouts": {"tls_handshake": 2},
+        "servers": [
+            {
+                "listeners": [{"port": 443, "tls": {**tls, "min_version": "TLSv1.3"}}],
+                "routes": [route],
+            }
+        ],
+    }
+    config = parse_config(data, str(tmp_path))
+    listener = config.servers[0].listeners[0]
+    assert listener.tls is not None and listener.tls.min_version == "TLSv1.3"
+    assert config.timeouts.tls_handshake == 2
+    upstream = config.servers[0].routes[0].upstreams[0]
+    assert (upstream.host, upstream.port, upstream.tls) == ("api.test", 443, True)
