@@ -230,6 +230,10 @@ class Connection:
             self.writing = True
             self.loop.modify(self.fd, WRITE_MASK)
 
+    def tls_info(self) -> dict | None:
+        """TLS version, cipher and SNI name, for the operator; None in cleartext."""
+        return None
+
     # --- teardown ---------------------------------------------------------------------------
     def shutdown_write(self) -> None:
         """Send our FIN (a lingering close): the client may still send, we send no more."""

@@ -239,6 +239,8 @@ class TlsStream:
     def _deliver(self) -> bool:
         """Hand the handler what the buffered records decrypt to; False once it must stop
         (closed, paused, or the peer's close_notify)."""
+        if self.peer_done or self.shut:
+            return True  # nothing is decrypted past close_notify (see `read`)
         tls = self.tls
         incoming = self.tls_in
         while incoming.pending or tls.pending():
@@ -447,12 +449,13 @@ class TlsConnection(TlsStream, Connection):
         self.handshake_timer.close()
         super().close()
 
-    def info(self) -> dict:
-        """What the operator sees: protocol version, cipher and the SNI name asked for."""
+    def tls_info(self) -> dict:
+        """What the operator sees: protocol version and cipher (None until the handshake is
+        done), and the name the client asked for by SNI (None if it sent none)."""
         tls = self.tls
-        cipher = tls.cipher() if not self.handshaking else None
+        cipher = None if self.handshaking else tls.cipher()
         return {
-            "tls_version": tls.version() if not self.handshaking else None,
-            "tls_cipher": cipher[0] if cipher else None,
+            "version": None if self.handshaking else tls.version(),
+            "cipher": cipher[0] if cipher else None,
             "sni": getattr(tls, "sni_name", None),
         }

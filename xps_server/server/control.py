@@ -91,6 +91,7 @@ def session_row(session: Session, now: float) -> dict:
         "bytes_in": conn.bytes_in,
         "bytes_out": conn.bytes_out,
         "age": round(now - session.opened, 3),
+        "tls": conn.tls_info(),
     }
 
 
@@ -175,7 +176,6 @@ def _session(core: Core, args: dict) -> dict:
             "ago": round(now - session.last_done, 3),
         },
         "upstream": session.upstream or None,
-        "tls": None,
     }
 
 
