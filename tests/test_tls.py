@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -106,6 +107,39 @@ def test_a_request_over_tls_12_and_13(tls_server, ca, version):
     assert snapshot["tls_errors"] == 0 and snapshot["res_code_2xx"] == 2
 
 
+def test_the_snapshot_and_session_detail_carry_version_cipher_and_sni(tls_server, ca):
+    server = tls_server()
+    client = TlsClient(server.port, client_context(ca, ssl.TLSVersion.TLSv1_3))
+    assert client.request("GET", "/hello.txt").status == 200
+    api = server.server.api
+    snapshot = api.submit({"cmd": "snapshot"}).result(5)
+    (row,) = snapshot["result"]["sessions"]["rows"]
+    assert row["tls"] == {
+        "version": "TLSv1.3",
+        "cipher": client.sock.cipher()[0],
+        "sni": "localhost",
+    }
+    detail = api.submit({"cmd": "session", "args": {"id": row["id"]}}).result(5)
+    assert detail["result"]["tls"] == row["tls"]
+    client.close()
+
+
+@pytest.mark.parametrize("lingering", [False, True])
+def test_the_server_ends_a_tls_connection_with_close_notify(tls_server, ca, lingering):
+    server = tls_server()
+    sock = client_context(ca).wrap_socket(
+        connect(server.port), server_hostname="localhost", suppress_ragged_eofs=False
+    )
+    request = b"GET /hello.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    # A request sent after one that closes the connection: the server closes lingering.
+    sock.sendall(request + (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" if lingering else b""))
+    received = b""
+    while chunk := sock.recv(65536):  # a close without close_notify raises SSLEOFError
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"hello world\n")
+    sock.close()
+
+
 def test_sni_picks_the_server_blocks_certificate(start_server, ca, tmp_path, site):
     port = free_port()
     default = issue(ca, tmp_path, "default", "localhost")
@@ -120,17 +154,27 @@ def test_sni_picks_the_server_blocks_certificate(start_server, ca, tmp_path, sit
             {"listeners": [listener], "hostnames": ["*.b.test"], "tls": wildcard, "routes": route},
         ]
     }
+    # Another port with the same certificate and no server naming a.test.
+    other_port = free_port()
+    config["servers"].append(
+        {
+            "listeners": [{"host": "127.0.0.1", "port": other_port, "tls": default}],
+            "hostnames": ["c.test"],
+            "routes": route,
+        }
+    )
     server = start_server(config=config)
     context = client_context(ca)
-    for name, expected in [
-        ("a.test", {"a.test"}),
-        ("x.b.test", {"*.b.test"}),
-        ("localhost", {"localhost"}),
-        ("other.test", {"localhost"}),  # no server claims it: the listener's certificate
+    context.check_hostname = False  # the names are checked below, the fallbacks included
+    for port, name, expected in [
+        (server.port, "a.test", {"a.test"}),
+        (server.port, "x.b.test", {"*.b.test"}),
+        (server.port, "localhost", {"localhost"}),
+        (server.port, "other.test", {"localhost"}),  # no server claims it: the listener's
+        (other_port, "a.test", {"localhost"}),  # a.test's server is not on this port
     ]:
-        context.check_hostname = name != "other.test"
-        client = TlsClient(server.port, context, name)
-        assert peer_names(client.sock) == expected, name
+        client = TlsClient(port, context, name)
+        assert peer_names(client.sock) == expected, (port, name)
         assert client.request("GET", "/hello.txt").status == 200
         client.close()
 
@@ -275,7 +319,7 @@ def test_x_forwarded_proto_says_https_on_a_tls_listener(tls_server, ca):
     backend.stop()
 
 
-def test_https_upstreams_are_verified(start_server, ca, tmp_path, site):
+def test_https_upstreams_are_verified(start_server, ca, tmp_path, site, caplog):
     upstream_port = free_port()
     upstream = start_server(
         config=tls_config(
@@ -302,7 +346,9 @@ def test_https_upstreams_are_verified(start_server, ca, tmp_path, site):
     assert wrong_ca.request("GET", "/hello.txt").status == 502
     system_store = proxy()  # a throwaway CA is in no system store
     assert system_store.request("GET", "/hello.txt").status == 502
-    unverified = proxy(tls_verify=False)
+    with caplog.at_level(logging.WARNING, logger="xps.upstream"):
+        unverified = proxy(tls_verify=False)
+    assert "tls_verify is false" in caplog.text
     assert unverified.request("GET", "/hello.txt").body == b"hello world\n"
 
 

@@ -134,8 +134,8 @@ class TlsEndpoint:
         self.handshake_timeout = handshake_timeout
         self.on_ready = on_ready
         self.on_error = on_error
-        if contexts:
-            default.sni_callback = self._on_sni
+        default.sni_callback = self._on_sni  # also when no name picks another certificate:
+        # the name asked for is shown to the operator
 
     def context_for(self, name: str) -> ssl.SSLContext:
         name = name.lower().removesuffix(".")

@@ -121,23 +121,30 @@ class Core:
         contexts: dict[tuple[str, str, str], SSLContext | None] = {}
         problems: list[str] = []
 
-        def context_of(tls: Tls) -> SSLContext | None:  # each loaded once, however often named
-            key = (tls.cert, tls.key, tls.min_version)
-            if key not in contexts:
-                try:
-                    contexts[key] = server_context(*key)
-                except TlsSetupError as exc:
-                    contexts[key] = None
-                    problems.append(f"tls: {exc}")
-            return contexts[key]
+        def load(tls: Tls) -> SSLContext | None:
+            try:
+                return server_context(tls.cert, tls.key, tls.min_version)
+            except TlsSetupError as exc:
+                problems.append(f"tls: {exc}")
+                return None
 
         endpoints: dict[tuple[str, int], TlsEndpoint] = {}
         timeout = config.timeouts.tls_handshake
         for key, servers in config.listener_tls().items():
-            default = context_of(servers[0][1])
+            # Its own default context per listener: that context's SNI callback is the
+            # listener's. Those SNI switches to are shared, each loaded once.
+            first = servers[0][1]
+            default = load(first)
             by_name: dict[str, SSLContext | None] = {}
             for server, listener_tls in servers:
-                context = context_of(server.tls or listener_tls)
+                tls = server.tls or listener_tls
+                if tls == first:
+                    context = default
+                else:
+                    cache_key = (tls.cert, tls.key, tls.min_version)
+                    if cache_key not in contexts:
+                        contexts[cache_key] = load(tls)
+                    context = contexts[cache_key]
                 for name in server.hostnames:
                     by_name.setdefault(name, context)
             usable = {name: ctx for name, ctx in by_name.items() if ctx is not None}
@@ -146,7 +153,7 @@ class Core:
                     default, usable, timeout, self._tls_ready, self._tls_failed
                 )
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(dict.fromkeys(problems)))  # a file named twice: once
         return endpoints
 
     def _tls_ready(self, conn: TlsConnection) -> None:
