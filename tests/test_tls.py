@@ -193,16 +193,33 @@ def test_a_tls_10_only_client_is_refused(tls_server, ca):
     assert TlsClient(server.port, client_context(ca)).request("GET", "/").status == 200
 
 
+def client_hello(ca: trustme.CA, name: str) -> bytes:
+    """The first flight of a TLS client asking for `name` by SNI."""
+    flight = ssl.MemoryBIO()
+    tls = client_context(ca).wrap_bio(ssl.MemoryBIO(), flight, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return flight.read()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_server_name_that_is_not_ascii_fails_the_handshake_quietly(tls_server, ca, capfd):
+    server = tls_server()
+    hello = client_hello(ca, "aaaa.test")
+    sock = connect(server.port)
+    # The same length, so every length field of the hello stays right.
+    sock.sendall(hello.replace(b"aaaa.test", b"\xff\xfe\xfd\xfc.test"))
+    assert read_until_close(sock).startswith(b"\x15\x03")  # a TLS alert, then the close
+    sock.close()
+    wait_until(lambda: server.call(server.core.metrics_snapshot)["tls_errors"] == 1)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_client_stalling_in_the_handshake_is_cut_at_the_timeout(tls_server, ca):
     server = tls_server(timeouts={"tls_handshake": 0.3, "client_header": 60})
     subscription = server.call(lambda: server.core.bus.subscribe())
-    # Half a real ClientHello, then silence.
-    hello_bio = ssl.MemoryBIO()
-    half_open = client_context(ca).wrap_bio(ssl.MemoryBIO(), hello_bio, server_hostname="x")
-    with pytest.raises(ssl.SSLWantReadError):
-        half_open.do_handshake()
-    hello = hello_bio.read()
-    sock = connect(server.port)
+    hello = client_hello(ca, "localhost")
+    sock = connect(server.port)  # half a real ClientHello, then silence
     sock.sendall(hello[: len(hello) // 2])
     assert read_until_close(sock, timeout=10) == b""  # cut by the server, not the client
     sock.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -107,6 +108,35 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _quiet_bad_server_names() -> None:
+    """Keep a client's non-ASCII SNI name off stderr.
+
+    CPython decodes the name before our SNI callback runs and, when that fails, reports the
+    UnicodeDecodeError as "unraisable" (a traceback on stderr) and fails the handshake. The
+    failure is the right answer, and `_handshake` counts it; the traceback, from input a client
+    controls, is not. Everything else goes to the hook installed before, once per process.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "xps_sni_guard", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if (
+            unraisable.exc_type is UnicodeDecodeError
+            and type(unraisable.object) is bytes
+            and tb is not None
+            and tb.tb_frame.f_code.co_filename == ssl.__file__
+        ):
+            return
+        previous(unraisable)
+
+    hook.xps_sni_guard = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class TlsEndpoint:
     """A TLS listener's certificates and the core's callbacks for its connections.
 
@@ -134,8 +164,10 @@ class TlsEndpoint:
         self.handshake_timeout = handshake_timeout
         self.on_ready = on_ready
         self.on_error = on_error
-        default.sni_callback = self._on_sni  # also when no name picks another certificate:
-        # the name asked for is shown to the operator
+        # Also when no name picks another certificate: the name asked for is shown to the
+        # operator.
+        default.sni_callback = self._on_sni
+        _quiet_bad_server_names()
 
     def context_for(self, name: str) -> ssl.SSLContext:
         name = name.lower().removesuffix(".")
