@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from tests.backends import Backend
 from tests.helpers import (
@@ -416,6 +417,21 @@ def test_config_refuses_what_cannot_work(ca, tmp_path):
     mismatched = {"cert": tls["cert"], "key": other["key"]}
     problems = check({"servers": [{"listeners": [{"port": 1, "tls": mismatched}]}]}, tmp_path)
     assert problems[0].startswith("servers[0].listeners[0].tls: cannot use certificate")
+    key = serialization.load_pem_private_key(Path(tls["key"]).read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    locked = {"cert": tls["cert"], "key": str(encrypted)}
+    problems = check({"servers": [{"listeners": [{"port": 1, "tls": locked}]}]}, tmp_path)
+    assert problems == [
+        f"servers[0].listeners[0].tls: the key {encrypted} is encrypted: give an unencrypted "
+        "key file"
+    ]
     missing = {"cert": "nope.crt", "key": tls["key"], "min_version": "TLSv1.1"}
     problems = check({"servers": [{"listeners": [{"port": 1, "tls": missing}]}]}, tmp_path)
     assert problems == [

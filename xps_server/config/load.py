@@ -210,7 +210,9 @@ def _check_cert_pair(cert: str, key: str) -> str | None:
     except ValueError:
         return f"the key {key} is encrypted: give an unencrypted key file"
     except ssl.SSLError as exc:
-        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        # A reason code, else the message less its source line ("PEM lib (_ssl.c:3905)").
+        reason = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+        reason = re.sub(r" \(_ssl\.c:\d+\)$", "", reason)
         return f"cannot use certificate {cert} with key {key}: {reason}"
     except OSError as exc:
         return f"cannot read {exc.filename or cert + ' or ' + key}: {exc.strerror or exc}"

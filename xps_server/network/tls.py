@@ -5,8 +5,8 @@ from and drained to the very socket calls the cleartext `Connection` makes, on t
 edge-triggered loop. Nothing ever blocks: a handshake that needs bytes waits for the next
 EPOLLIN, ciphertext the socket will not take waits for EPOLLOUT.
 
-- `TlsStream` is the encrypting half, a mixin over `Connection` (or an upstream connection):
-  it overrides reading and writing, nothing else, so a session sees the same recv/send seam
+- `TlsStream` is the encrypting half, a `Connection` (or, mixed in, an upstream connection)
+  that overrides reading and writing, nothing else, so a session sees the same recv/send seam
   whether its client speaks TLS or not, and the cleartext path carries no TLS branch at all.
   Files go through in bounded `pread`s (no sendfile under TLS), read only once the socket took
   the previous chunk's ciphertext, so back-pressure and memory bounds hold as in cleartext.
@@ -20,6 +20,7 @@ EPOLLIN, ciphertext the socket will not take waits for EPOLLOUT.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import sys
@@ -59,9 +60,12 @@ class TlsSetupError(Exception):
     """A certificate or key that cannot be used; the message says which file and why."""
 
 
+class _Encrypted(Exception):
+    pass
+
+
 def _no_passphrase() -> bytes:
-    # An encrypted key would otherwise make OpenSSL prompt on the terminal.
-    raise TlsSetupError("the key is encrypted; give an unencrypted key file")
+    raise _Encrypted  # an encrypted key would otherwise make OpenSSL prompt on the terminal
 
 
 def server_context(cert: str, key: str, min_version: str = "TLSv1.2") -> ssl.SSLContext:
@@ -75,8 +79,8 @@ def server_context(cert: str, key: str, min_version: str = "TLSv1.2") -> ssl.SSL
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     try:
         context.load_cert_chain(cert, key, password=_no_passphrase)
-    except TlsSetupError:
-        raise
+    except _Encrypted:
+        raise TlsSetupError(f"the key {key} is encrypted: give an unencrypted key file") from None
     except ssl.SSLError as exc:
         raise TlsSetupError(
             f"cannot use certificate {cert} with key {key}: {_reason(exc)}"
@@ -105,7 +109,8 @@ def _reason(exc: BaseException) -> str:
         return exc.verify_message or "certificate verify failed"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
-    return str(exc) or type(exc).__name__
+    # Without a reason code: "[SSL] PEM lib (_ssl.c:3905)", less the source line.
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc)) or type(exc).__name__
 
 
 def _quiet_bad_server_names() -> None:
@@ -187,12 +192,20 @@ class TlsEndpoint:
                 tls.context = context
 
 
-class TlsStream:
-    """Reading and writing through an `SSLObject` (see the module docstring). A mixin: the
-    class using it also derives from `Connection` and declares the slots set by `_tls_init`."""
+class TlsStream(Connection):
+    """Reading and writing through an `SSLObject` (see the module docstring). It adds no slot,
+    so that an upstream connection can take it too: each subclass declares those below and
+    says what a finished or failed handshake means."""
 
     __slots__ = ()
     scheme = "https"
+    tls: ssl.SSLObject
+    tls_in: ssl.MemoryBIO
+    tls_out: ssl.MemoryBIO
+    cipher: memoryview | bytes | None  # ciphertext the socket has not taken
+    handshaking: bool
+    peer_done: bool  # the peer ended its side (close_notify, or a bare FIN)
+    shut: bool  # we sent close_notify
 
     def _tls_init(
         self, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
@@ -200,10 +213,10 @@ class TlsStream:
         self.tls = tls
         self.tls_in = incoming
         self.tls_out = outgoing
-        self.cipher: memoryview | bytes | None = None  # ciphertext the socket has not taken
+        self.cipher = None
         self.handshaking = True
-        self.peer_done = False  # the peer ended its side (close_notify, or a bare FIN)
-        self.shut = False  # we sent close_notify
+        self.peer_done = False
+        self.shut = False
 
     # --- the handshake -------------------------------------------------------------------
     def _handshake(self) -> None:
@@ -223,9 +236,11 @@ class TlsStream:
             self._handshake_done()
 
     def _handshake_done(self) -> None:
+        """The handshake is complete (the subclass tells whoever waits for it)."""
         raise NotImplementedError
 
     def _handshake_failed(self, reason: str) -> None:
+        """The handshake failed for `reason` (the subclass reports it and closes)."""
         raise NotImplementedError
 
     # --- reading -------------------------------------------------------------------------
@@ -426,7 +441,7 @@ class TlsStream:
         super().close()
 
 
-class TlsConnection(TlsStream, Connection):
+class TlsConnection(TlsStream):
     """A client connection on a TLS listener (see the module docstring)."""
 
     __slots__ = (
