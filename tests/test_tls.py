@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.backends import Backend
 from tests.helpers import (
@@ -29,8 +31,10 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
-from xps_server.config import ConfigError, load_config, parse_config
+from xps_server.config import ConfigError, find_server, load_config, parse_config
+from xps_server.config import Server as ServerBlock
 from xps_server.events import TlsError
+from xps_server.network.tls import TlsEndpoint
 from xps_server.server.lifecycle import Server
 
 
@@ -474,3 +478,35 @@ def test_tls_config_is_read(ca, tmp_path):
     assert config.timeouts.tls_handshake == 2
     upstream = config.servers[0].routes[0].upstreams[0]
     assert (upstream.host, upstream.port, upstream.tls) == ("api.test", 443, True)
+
+
+# --- SNI and Host agree ---------------------------------------------------------------------
+_LABEL = st.sampled_from(["a", "b", "api", "www", "x-1"])
+_NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
+
+
+def _patterns_for(name: str) -> st.SearchStrategy[list[str]]:
+    """Hostnames of servers: some claim `name` (exactly, or by a wildcard over one of its
+    suffixes), some other names."""
+    labels = name.split(".")
+    near = [name] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    pattern = st.one_of(st.sampled_from(near), _NAME, _NAME.map(lambda other: "*." + other))
+    return st.lists(pattern, unique=True, max_size=6)
+
+
+@given(st.data())
+def test_sni_picks_the_certificate_of_the_server_the_host_would_pick(data):
+    """For a name some server claims (exactly or by wildcard), the certificate presented is
+    that server's, the one `find_server` routes the request to; otherwise the listener's."""
+    name = data.draw(_NAME)
+    hostnames = data.draw(_patterns_for(name))
+    servers = [ServerBlock([], [pattern]) for pattern in hostnames]
+    contexts = {pattern: object() for pattern in hostnames}
+    default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    endpoint = TlsEndpoint(default, contexts, 10.0, print, print)  # type: ignore[arg-type]
+    chosen = endpoint.context_for(name)
+    routed = find_server(servers, name).hostnames[0] if servers else None
+    if routed == name or (routed and routed[:2] == "*." and name.endswith(routed[1:])):
+        assert chosen is contexts[routed]
+    else:
+        assert chosen is default  # find_server fell back: no server claims the name
