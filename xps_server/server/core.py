@@ -30,7 +30,7 @@ from xps_server.http.writer import ResponseWriter
 from xps_server.network.connection import Connection
 from xps_server.network.listener import Listener
 from xps_server.network.tls import TlsConnection, TlsEndpoint, TlsSetupError, server_context
-from xps_server.network.upstream import UpstreamRegistry
+from xps_server.network.upstream import UpstreamRegistry, upstream_key
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
@@ -338,7 +338,7 @@ class Core:
                         "gzip": state.gzip_enable,
                         "ip_whitelist": list(route.ip_whitelist),
                         "ip_blacklist": list(route.ip_blacklist),
-                        "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
+                        "upstreams": [upstream_key(u.host, u.port, u.tls) for u in route.upstreams],
                         **(state.stats.summary(now) if state.stats is not None else {}),
                     }
                 )
