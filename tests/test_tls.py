@@ -308,6 +308,21 @@ def test_large_files_ranges_and_gzip_over_tls_are_byte_exact(tls_server, ca, sit
     client.close()
 
 
+def test_pipelined_requests_over_tls_are_answered_in_order(tls_server, ca, site):
+    server = tls_server()
+    big = (site / "big.bin").read_bytes()
+    client = TlsClient(server.port, client_context(ca))
+    paths = ["/big.bin", "/hello.txt", "/big.bin", "/data.json"] * 5
+    # A TLS record each, sent at once: the server pauses reading behind each large response
+    # with the next requests still in its TLS buffers, and goes on when it drains.
+    for path in paths:
+        client.send_raw(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    expected = {"/big.bin": big, "/hello.txt": b"hello world\n", "/data.json": b'{"a": 1}\n'}
+    for path in paths:
+        assert client.read_response().body == expected[path], path
+    client.close()
+
+
 def test_a_client_that_does_not_read_pins_a_bounded_part_of_a_file(tls_server, ca, site):
     (site / "huge.bin").write_bytes(b"x" * (64 << 20))
     server = tls_server()
