@@ -25,6 +25,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict xps_server
 
 test: lint
 	$(BIN)/python -m pytest

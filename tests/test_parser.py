@@ -17,7 +17,8 @@ from xps_server.http.parser import (
     RequestParser,
 )
 
-FIELDS = Request.__slots__
+# What a request says: its slots, with the fields as received in place of the raw lines.
+FIELDS = tuple(sorted({*Request.__slots__, "raw_headers"} - {"lines"}))
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

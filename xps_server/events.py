@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xps_server.core.loop import Loop
@@ -26,7 +26,7 @@ class Event:
 
     kind = "event"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         names = _FIELD_NAMES.get(type(self))
         if names is None:
             names = _FIELD_NAMES[type(self)] = tuple(f.name for f in fields(self))
@@ -75,7 +75,7 @@ class RequestFinished(Event):
 class Timeout(Event):
     session: int
     client: str
-    phase: str  # header, body, keep_alive, send, upstream_connect, upstream_read
+    phase: str  # header, body, keep_alive, send, upstream_connect, upstream_read, tunnel
     kind = "timeout"
 
 
@@ -133,7 +133,7 @@ class UpstreamHealthChanged(Event):
 @dataclass(slots=True)
 class OperatorAction(Event):
     command: str
-    args: dict
+    args: dict[str, Any]  # as the operator sent them (JSON scalars)
     ok: bool
     result: str
     kind = "operator_action"
@@ -165,7 +165,7 @@ class Subscription:
     def take(self, limit: int = 1_000_000) -> list[Event]:
         """Up to `limit` events, oldest first."""
         queue = self.queue
-        taken = []
+        taken: list[Event] = []
         while queue and len(taken) < limit:
             try:
                 taken.append(queue.popleft())

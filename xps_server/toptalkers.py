@@ -78,24 +78,45 @@ from typing import Any
 PATH_LIMIT = 256  # characters of last_path kept: bounds memory against 8 KB request targets
 MIN_RATE_SPAN = 1.0  # seconds: a rate over less is noise (one request at start would read 1000/s)
 
-# A merged row: [hits, error, bytes, status_4xx, status_5xx, refused, last_path, held_min],
-# held_min being the sum of the mins of the evicting slots that hold the address.
-_HITS, _ERROR, _BYTES, _4XX, _5XX, _REFUSED, _PATH, _HELD_MIN = range(8)
-_Row = list[Any]
+
+class _Row:
+    """One address's figures summed over a query's slots; `held_min` is the sum of the mins
+    of the evicting slots that hold the address."""
+
+    __slots__ = (
+        "bytes",
+        "error",
+        "held_min",
+        "hits",
+        "last_path",
+        "refused",
+        "status_4xx",
+        "status_5xx",
+    )
+
+    def __init__(self, entry: _Entry, slot_min: int) -> None:
+        self.hits = entry.hits
+        self.error = entry.error
+        self.bytes = entry.bytes
+        self.status_4xx = entry.status_4xx
+        self.status_5xx = entry.status_5xx
+        self.refused = entry.refused
+        self.last_path = entry.last_path
+        self.held_min = slot_min
 
 
 def _requests(row: _Row) -> int:
-    return row[_HITS] - row[_REFUSED]
+    return row.hits - row.refused
 
 
 def _errors(row: _Row) -> int:
-    return row[_4XX] + row[_5XX]
+    return row.status_4xx + row.status_5xx
 
 
 # sort name -> key over a merged row, with a second figure to order ties usefully
 _SORT_KEYS: dict[str, Callable[[_Row], tuple[int, int]]] = {
-    "requests": lambda row: (_requests(row), row[_BYTES]),
-    "bytes": lambda row: (row[_BYTES], _requests(row)),
+    "requests": lambda row: (_requests(row), row.bytes),
+    "bytes": lambda row: (row.bytes, _requests(row)),
     "errors": lambda row: (_errors(row), _requests(row)),
 }
 SORTS = tuple(_SORT_KEYS)
@@ -105,6 +126,14 @@ class _Entry:
     """One address in one slot's table."""
 
     __slots__ = ("bytes", "error", "hits", "last_path", "refused", "status_4xx", "status_5xx")
+
+    hits: int
+    error: int
+    bytes: int
+    status_4xx: int
+    status_5xx: int
+    refused: int
+    last_path: str
 
     def __init__(self, hits: int, error: int) -> None:
         self.reset(hits, error)
@@ -223,12 +252,12 @@ class TopTalkers:
                 "ip": ip,
                 "requests": _requests(row),
                 "rps": round(_requests(row) / span, 2),
-                "bytes": row[_BYTES],
-                "status_4xx": row[_4XX],
-                "status_5xx": row[_5XX],
-                "refused": row[_REFUSED],
-                "last_path": row[_PATH],
-                "error_bound": row[_ERROR],
+                "bytes": row.bytes,
+                "status_4xx": row.status_4xx,
+                "status_5xx": row.status_5xx,
+                "refused": row.refused,
+                "last_path": row.last_path,
+                "error_bound": row.error,
             }
             for ip, row in rows
         ]
@@ -310,28 +339,19 @@ class TopTalkers:
             for ip, entry in slot.table.items():
                 row = merged.get(ip)
                 if row is None:
-                    merged[ip] = [
-                        entry.hits,
-                        entry.error,
-                        entry.bytes,
-                        entry.status_4xx,
-                        entry.status_5xx,
-                        entry.refused,
-                        entry.last_path,
-                        slot_min,
-                    ]
+                    merged[ip] = _Row(entry, slot_min)
                     continue
-                row[_HITS] += entry.hits
-                row[_ERROR] += entry.error
-                row[_BYTES] += entry.bytes
-                row[_4XX] += entry.status_4xx
-                row[_5XX] += entry.status_5xx
-                row[_REFUSED] += entry.refused
+                row.hits += entry.hits
+                row.error += entry.error
+                row.bytes += entry.bytes
+                row.status_4xx += entry.status_4xx
+                row.status_5xx += entry.status_5xx
+                row.refused += entry.refused
                 if entry.last_path:  # a newer slot that saw only refusals keeps the older path
-                    row[_PATH] = entry.last_path
-                row[_HELD_MIN] += slot_min
+                    row.last_path = entry.last_path
+                row.held_min += slot_min
         for row in merged.values():
-            missed = evicting_mins - row[_HELD_MIN]  # mins of evicting slots without it
-            row[_HITS] += missed
-            row[_ERROR] += missed
+            missed = evicting_mins - row.held_min  # mins of evicting slots without it
+            row.hits += missed
+            row.error += missed
         return merged

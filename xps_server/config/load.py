@@ -14,7 +14,7 @@ import os
 import re
 import ssl
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeGuard
 
 from .model import (
     LB_METHODS,
@@ -152,11 +152,11 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{shown}" if path else shown
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -491,20 +491,10 @@ class _Checker:
         data = self.obj(value, path, _TLS_KEYS)
         if data is None:
             return None
-        files = []
-        for key in ("cert", "key"):
-            if key not in data:
-                self.problem(_join(path, key), "required")
-                continue
-            name = self.file_path(data[key], _join(path, key))
-            if name is not None and not os.path.isfile(name):
-                self.problem(_join(path, key), f"file not found: {name}")
-                name = None
-            files.append(name)
+        cert, key = (self.tls_file(data, name, path) for name in ("cert", "key"))
         min_version = self.choice(data, "min_version", path, "TLSv1.2", TLS_VERSIONS)
-        if len(files) != 2 or None in files:
+        if cert is None or key is None:
             return None
-        cert, key = files
         problem = self.cert_checks.get((cert, key), _MISSING)
         if problem is _MISSING:
             problem = self.cert_checks[(cert, key)] = _check_cert_pair(cert, key)
@@ -512,6 +502,18 @@ class _Checker:
             self.problem(path, problem)
             return None
         return Tls(cert, key, min_version)
+
+    def tls_file(self, data: dict[str, Any], key: str, path: str) -> str | None:
+        """The absolute path of an existing file named by `key` (required)."""
+        where = _join(path, key)
+        if key not in data:
+            self.problem(where, "required")
+            return None
+        name = self.file_path(data[key], where)
+        if name is not None and not os.path.isfile(name):
+            self.problem(where, f"file not found: {name}")
+            return None
+        return name
 
     def check_tls_ports(self, numbered: list[tuple[int, Server]]) -> None:
         """One port speaks TLS or cleartext, whichever server names it."""

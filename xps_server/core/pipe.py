@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import final
 
 DEFAULT_THRESHOLD = 256 * 1024
 
 
+@final  # `type(item) is FileSegment` tells a segment from bytes, so no subclass may exist
 class FileSegment:
     """`count` bytes of an open file from `offset`, sent zero-copy; the pipe owns the fd."""
 
@@ -41,7 +43,7 @@ class Pipe:
         self.size = 0
         self.threshold = threshold
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes | memoryview) -> None:
         self.items.append(data)
         self.size += len(data)
 

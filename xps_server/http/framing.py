@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, final
 
 __all__ = [
     "END_OF_MESSAGE",
@@ -26,6 +26,7 @@ __all__ = [
     "ParseError",
     "Sentinel",
     "body_framing",
+    "fields_as_received",
     "find_field_control",
     "find_head_end",
     "head_lines",
@@ -64,6 +65,7 @@ class EndOfMessage(Sentinel):
 END_OF_MESSAGE: Final = EndOfMessage.END_OF_MESSAGE
 
 
+@final  # consumers tell events apart with `type(event) is Data`
 class Data:
     """One piece of message body bytes."""
 
@@ -130,15 +132,13 @@ def head_lines(head: str) -> tuple[list[str], str, bool]:
 
 def header_fields(
     lines: list[str], common_names: dict[str, str], single_host: bool = True
-) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """The fields of `lines[1:]`: by lowercase name (repeats comma-joined), and as received.
+) -> dict[str, str]:
+    """The fields of `lines[1:]` by lowercase name (repeats comma-joined), every line checked.
 
     `common_names` maps the usual spellings of common names to their lowercase form, which
     skips the token check for them. `single_host`: a repeated Host is an error (requests,
-    RFC 9112 §3.2)."""
+    RFC 9112 §3.2). The fields as received are `fields_as_received(lines)`, once checked here."""
     headers: dict[str, str] = {}
-    raw_headers: list[tuple[str, str]] = []
-    add_raw = raw_headers.append
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         lname = common_names.get(name)
@@ -147,14 +147,23 @@ def header_fields(
                 raise _header_error(line, name, sep)
             lname = name.lower()
         value = value.strip(" \t")
-        add_raw((name, value))
         if lname in headers:
             if lname == "host" and single_host:
                 raise ParseError(400, "more than one Host header")
             headers[lname] += ", " + value
         else:
             headers[lname] = value
-    return headers, raw_headers
+    return headers
+
+
+def fields_as_received(lines: list[str]) -> list[tuple[str, str]]:
+    """(name, value) of each field line of a head `header_fields` has checked, in order and as
+    spelled. Built only when asked for: a proxy forwards them, a file route never does."""
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return fields
 
 
 def parse_content_length(value: str) -> tuple[str, int]:
@@ -262,6 +271,14 @@ class MessageParser(Generic[_Own]):
     def buffered(self) -> int:
         """Bytes received but not yet consumed by an event."""
         return len(self._buf)
+
+    def take_rest(self) -> bytes:
+        """Take out what was received after the messages parsed so far: after a switch of
+        protocols (101) those bytes belong to the new protocol. The parser is done: it takes
+        nothing more, and next_event() raises."""
+        rest = bytes(self._buf)
+        self._fail(ParseError(400, "the connection switched protocols"))
+        return rest
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer; events come from next_event()."""

@@ -18,6 +18,7 @@ shared with `response_parser.ResponseParser`; this module re-exports the events 
 from __future__ import annotations
 
 import re
+from typing import final
 
 from xps_server.http.framing import (
     END_OF_MESSAGE,
@@ -28,6 +29,7 @@ from xps_server.http.framing import (
     NeedData,
     ParseError,
     body_framing,
+    fields_as_received,
     find_field_control,
     find_head_end,
     head_lines,
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 
+@final  # the session tells events apart with `type(event) is Request`
 class Request:
     """A parsed request head. `path` and `query` are still percent-encoded."""
 
@@ -57,10 +60,10 @@ class Request:
         "headers",
         "host",
         "keep_alive",
+        "lines",
         "method",
         "path",
         "query",
-        "raw_headers",
         "target",
         "version",
     )
@@ -73,7 +76,7 @@ class Request:
         query: str,
         version: str,
         headers: dict[str, str],
-        raw_headers: list[tuple[str, str]],
+        lines: list[str],
         host: str,
         content_length: int,
         chunked: bool,
@@ -85,11 +88,16 @@ class Request:
         self.query = query
         self.version = version
         self.headers = headers
-        self.raw_headers = raw_headers
+        self.lines = lines  # the head's lines, checked: the fields as received come from them
         self.host = host
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
+
+    @property
+    def raw_headers(self) -> list[tuple[str, str]]:
+        """The fields as received: (name, value) in order, names as spelled."""
+        return fields_as_received(self.lines)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
@@ -226,7 +234,7 @@ class RequestParser(MessageParser[Request]):
         if ctl and find_field_control(flat, len(request_line)):
             raise ParseError(400, "control character in header")
 
-        headers, raw_headers = header_fields(lines, _COMMON_NAMES)
+        headers = header_fields(lines, _COMMON_NAMES)
         if "transfer-encoding" in headers or "content-length" in headers:
             if not v11 and "transfer-encoding" in headers:
                 # RFC 9112 §6.1: an HTTP/1.0 message cannot have used it; what framed it is
@@ -261,7 +269,7 @@ class RequestParser(MessageParser[Request]):
             query,
             "1.1" if v11 else "1.0",
             headers,
-            raw_headers,
+            lines,
             host,
             content_length,
             chunked,

@@ -24,6 +24,7 @@ from xps_server.http.framing import (
     ParseError,
     Sentinel,
     body_framing,
+    fields_as_received,
     find_field_control,
     find_head_end,
     head_lines,
@@ -98,7 +99,7 @@ class Response:
         "framing",
         "headers",
         "keep_alive",
-        "raw_headers",
+        "lines",
         "reason",
         "status",
         "version",
@@ -110,7 +111,7 @@ class Response:
         reason: str,
         version: str,
         headers: dict[str, str],
-        raw_headers: list[tuple[str, str]],
+        lines: list[str],
         content_length: int,
         framing: int,
         keep_alive: bool,
@@ -119,10 +120,15 @@ class Response:
         self.reason = reason
         self.version = version
         self.headers = headers
-        self.raw_headers = raw_headers
+        self.lines = lines  # the head's lines, checked: the fields as received come from them
         self.content_length = content_length
         self.framing = framing
         self.keep_alive = keep_alive
+
+    @property
+    def raw_headers(self) -> list[tuple[str, str]]:
+        """The fields as received: (name, value) in order, names as spelled."""
+        return fields_as_received(self.lines)
 
     def __repr__(self) -> str:
         return f"<Response HTTP/{self.version} {self.status} {self.reason}>"
@@ -205,7 +211,7 @@ class ResponseParser(MessageParser[Response | Closed]):
         if ctl and find_field_control(flat):
             raise ParseError(502, "control character in response head")
         v11, status, reason = _status_line(lines[0])
-        headers, raw_headers = header_fields(lines, _COMMON_NAMES, False)
+        headers = header_fields(lines, _COMMON_NAMES, False)
 
         chunked, content_length = body_framing(headers)
 
@@ -232,7 +238,7 @@ class ResponseParser(MessageParser[Response | Closed]):
             reason,
             "1.1" if v11 else "1.0",
             headers,
-            raw_headers,
+            lines,
             content_length,
             framing,
             keep_alive,

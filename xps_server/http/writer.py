@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -57,9 +56,18 @@ def reason_phrase(status: int) -> str:
         return "Unknown"
 
 
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(timestamp: float) -> str:
-    """RFC 9110 IMF-fixdate, e.g. 'Sun, 06 Nov 1994 08:49:37 GMT'."""
-    return formatdate(timestamp, usegmt=True)
+    """RFC 9110 IMF-fixdate, e.g. 'Sun, 06 Nov 1994 08:49:37 GMT'. Written out here rather than
+    with email.utils, which would pull the socket module into this sans-IO package."""
+    t = time.gmtime(timestamp)
+    return (
+        f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 def chunk(data: bytes) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from xps_server.core.loop import EPOLLERR, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
 from xps_server.core.pipe import FileSegment, Pipe
@@ -21,11 +21,56 @@ WRITE_MASK = READ_MASK | EPOLLOUT
 MSG_MORE = socket.MSG_MORE
 
 
+# What accept() gives for an AF_INET / AF_INET6 peer (the control socket passes ("unix", 0)).
+Peer = tuple[str, int] | tuple[str, int, int, int]
+
+
+class TlsInfo(TypedDict):
+    """A TLS connection as the operator sees it (`Connection.tls_info`)."""
+
+    version: str | None  # None until the handshake is done
+    cipher: str | None
+    sni: str | None  # the name the client asked for, if it sent one
+
+
 class ConnectionHandler(Protocol):
     def on_data(self, data: bytes) -> None: ...
     def on_eof(self) -> None: ...
     def on_drain(self) -> None: ...
     def on_close(self) -> None: ...
+
+
+class _NoHandler:
+    """The handler of a connection nobody handles: before `start`, after `close`, or an
+    upstream connection let go by its exchange. No event reaches it (the fd is not yet
+    registered, or already closed), so it ignores all: the events of an upstream connection
+    (see `upstream.UpstreamHandler`) as well as those of any connection."""
+
+    __slots__ = ()
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def on_eof(self) -> None:
+        pass
+
+    def on_drain(self) -> None:
+        pass
+
+    def on_close(self) -> None:
+        pass
+
+    def on_connect(self) -> None:
+        pass
+
+    def on_connect_failed(self, error: str) -> None:
+        pass
+
+    def on_timeout(self) -> None:
+        pass
+
+
+NO_HANDLER = _NoHandler()
 
 
 class Connection:
@@ -50,14 +95,16 @@ class Connection:
     )
     scheme = "http"  # what X-Forwarded-Proto says for this client
 
-    def __init__(self, loop: Loop, sock: socket.socket, peer: tuple) -> None:
+    handler: ConnectionHandler
+
+    def __init__(self, loop: Loop, sock: socket.socket, peer: Peer) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
         self.peer_ip: str = peer[0]
         self.peer_port: int = peer[1]
         self.out = Pipe()
-        self.handler: ConnectionHandler | None = None
+        self.handler = NO_HANDLER
         self.closed = False
         self.writing = False
         self.read_paused = False
@@ -230,7 +277,7 @@ class Connection:
             self.writing = True
             self.loop.modify(self.fd, WRITE_MASK)
 
-    def tls_info(self) -> dict | None:
+    def tls_info(self) -> TlsInfo | None:
         """TLS version, cipher and SNI name, for the operator; None in cleartext."""
         return None
 
@@ -250,8 +297,8 @@ class Connection:
         except OSError:
             pass
         handler = self.handler
-        if handler is not None:
+        if handler is not NO_HANDLER:
             # Unlink first: a closed connection and its session must not keep each other
             # alive until the cyclic garbage collector runs.
-            self.handler = None
+            self.handler = NO_HANDLER
             handler.on_close()

@@ -1,4 +1,4 @@
-"""A listening socket: binds once per distinct (host, port), accepts until EAGAIN.
+"""A listening socket: binds once per distinct (host, port), accepts one client per wake-up.
 
 Each accepted socket becomes a `Connection` handed to the core, which attaches a session. The
 servers sharing this listener are kept here so Host matching never looks further.
@@ -10,9 +10,14 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from xps_server.core.loop import EPOLLET, EPOLLIN, Loop
+from xps_server.core.loop import EPOLLIN, Loop
 from xps_server.core.throttle import LogThrottle
+from xps_server.network.connection import Peer
+
+if TYPE_CHECKING:
+    from xps_server.network.tls import TlsEndpoint
 
 log = logging.getLogger("xps.listener")
 
@@ -23,25 +28,29 @@ ACCEPT_LOG_INTERVAL = 10.0  # out of descriptors: one log line per this many sec
 # client waiting in the backlog would fail the same way until something is freed.
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
-AcceptCallback = Callable[["Listener", socket.socket, tuple], None]
+_Server = TypeVar("_Server")  # what the layer above keeps per server sharing the listener
+AcceptCallback = Callable[["Listener[_Server]", socket.socket, Peer], None]
 
 
 def _family_for(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-class Listener:
+class Listener(Generic[_Server]):
     """One bound, listening, non-blocking socket on the loop."""
 
-    def __init__(self, loop: Loop, host: str, port: int, on_accept: AcceptCallback) -> None:
+    def __init__(
+        self, loop: Loop, host: str, port: int, on_accept: AcceptCallback[_Server]
+    ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
-        self.servers: list = []
-        self.tls = None  # the TlsEndpoint when clients here speak TLS (the core sets it)
+        self.servers: list[_Server] = []
+        self.tls: TlsEndpoint | None = None  # when clients here speak TLS (the core sets it)
         self._on_accept = on_accept
         bind_host = "127.0.0.1" if host == "localhost" else host
-        sock = socket.socket(_family_for(bind_host), socket.SOCK_STREAM)
+        self.family = _family_for(bind_host)
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((bind_host, port))
@@ -58,26 +67,30 @@ class Listener:
         self._paused = False
         self._log_throttle = LogThrottle(ACCEPT_LOG_INTERVAL)
         self.accept_failures = 0  # out-of-resource failures, for the metrics
-        loop.add(self.fd, EPOLLIN | EPOLLET, self.on_event)
+        # Level-triggered, one accept per wake-up, as nginx without multi_accept: a client still
+        # waiting in the backlog wakes the next poll, so no accept() is spent learning that
+        # the backlog is empty (an EAGAIN, a raised exception in Python), and a burst of new
+        # clients takes turns with the connections already open.
+        loop.add(self.fd, EPOLLIN, self.on_event)
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]
+        address: tuple[str, int] = self.sock.getsockname()[:2]  # AF_INET or AF_INET6
+        return address
 
     def on_event(self, _mask: int) -> None:
-        accept = self.sock.accept
-        on_accept = self._on_accept
-        while True:
-            try:
-                sock, peer = accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in OUT_OF_RESOURCES:
-                    self._pause(exc)
-                    return
-                continue  # ECONNABORTED and friends concern only that one client
-            on_accept(self, sock, peer)
+        # socket.accept() converts the listener's family and type to enums on every call;
+        # taking the descriptor and wrapping it with the known family skips that work. (The
+        # stubs do not list _accept, the C method socket.accept() itself calls.)
+        try:
+            fd, peer = self.sock._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return  # the client gave up (or another process took it)
+        except OSError as exc:
+            if exc.errno in OUT_OF_RESOURCES:
+                self._pause(exc)
+            return  # ECONNABORTED and friends concern only that one client
+        self._on_accept(self, socket.socket(self.family, socket.SOCK_STREAM, 0, fd), peer)
 
     def _pause(self, exc: OSError) -> None:
         """Stop listening for a moment, as nginx does: new clients wait in the backlog instead
@@ -102,8 +115,7 @@ class Listener:
     def _retry(self) -> None:
         if self._paused and self.fd in self.loop.handlers:
             self._paused = False
-            self.loop.modify(self.fd, EPOLLIN | EPOLLET)
-            self.on_event(0)
+            self.loop.modify(self.fd, EPOLLIN)
 
     def close(self) -> None:
         self._retry_timer.close()

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from xps_server.core.pipe import FileSegment
-from xps_server.network.connection import READ_MASK, RECV_SIZE, Connection
+from xps_server.network.connection import READ_MASK, RECV_SIZE, Connection, Peer, TlsInfo
 
 if TYPE_CHECKING:
     from xps_server.core.loop import Loop
@@ -193,11 +193,11 @@ class TlsEndpoint:
 
 
 class TlsStream(Connection):
-    """Reading and writing through an `SSLObject` (see the module docstring). It adds no slot,
-    so that an upstream connection can take it too: each subclass declares those below and
-    says what a finished or failed handshake means."""
+    """Reading and writing through an `SSLObject` (see the module docstring). It declares no
+    `__slots__`, so that an upstream connection can take it too: each subclass declares the
+    attributes below as slots (no instance dict is ever made) and says what a finished or
+    failed handshake means."""
 
-    __slots__ = ()
     scheme = "https"
     tls: ssl.SSLObject
     tls_in: ssl.MemoryBIO
@@ -270,13 +270,8 @@ class TlsStream(Connection):
                 return
             self.bytes_in += len(data)
             drained = len(data) < RECV_SIZE and not peer_closed
-            if self.shut or self.peer_done:
-                # Past close_notify nothing is decrypted; the handler (a lingering session)
-                # only learns that the client still sends.
-                self.handler.on_data(b"")
-                if self.closed:
-                    return
-                continue
+            if self.peer_done:
+                continue  # records past the peer's close_notify: nothing to decrypt
             incoming.write(data)
             if self.handshaking:
                 self._handshake()
@@ -286,8 +281,8 @@ class TlsStream(Connection):
     def _deliver(self) -> bool:
         """Hand the handler what the buffered records decrypt to; False once it must stop
         (closed, paused, or the peer's close_notify)."""
-        if self.peer_done or self.shut:
-            return True  # nothing is decrypted past close_notify (see `read`)
+        if self.peer_done:
+            return True  # nothing is decrypted past the peer's close_notify
         tls = self.tls
         incoming = self.tls_in
         while incoming.pending or tls.pending():
@@ -296,11 +291,13 @@ class TlsStream(Connection):
             except ssl.SSLWantReadError:
                 break  # a partial record (the rest is on its way), or a handshake message
             except ssl.SSLZeroReturnError:
-                self.peer_done = True
-                self.handler.on_eof()
-                return False
+                data = b""  # the peer's close_notify after ours
             except ssl.SSLError as exc:
                 self._stream_failed(_reason(exc))
+                return False
+            if not data:  # the peer's close_notify: its side of the stream ended
+                self.peer_done = True
+                self.handler.on_eof()
                 return False
             self.handler.on_data(data)
             if self.closed:
@@ -376,11 +373,12 @@ class TlsStream(Connection):
             self.writing = False
             self.loop.modify(self.fd, READ_MASK)
 
-    def _encrypt_batch(self, items: deque) -> bool:
+    def _encrypt_batch(self, items: deque[bytes | memoryview | FileSegment]) -> bool:
         """Encrypt up to TLS_CHUNK bytes of the pipe's head items; False if that closed us."""
         out = self.out
         encrypt = self.tls.write
         budget = TLS_CHUNK
+        data: bytes | memoryview
         try:
             while items and budget > 0:
                 item = items[0]
@@ -412,7 +410,8 @@ class TlsStream(Connection):
 
     # --- closing -------------------------------------------------------------------------
     def _close_notify(self) -> bytes:
-        """Our close_notify alert, once (empty while no session is established)."""
+        """Our close_notify alert, once (empty while no session is established). The peer
+        may still send: what it does is still decrypted (a half-closed tunnel)."""
         if self.shut or self.handshaking:
             return b""
         self.shut = True
@@ -456,7 +455,7 @@ class TlsConnection(TlsStream):
         "tls_out",
     )
 
-    def __init__(self, loop: Loop, sock: socket.socket, peer: tuple, endpoint: TlsEndpoint) -> None:
+    def __init__(self, loop: Loop, sock: socket.socket, peer: Peer, endpoint: TlsEndpoint) -> None:
         super().__init__(loop, sock, peer)
         incoming = ssl.MemoryBIO()
         outgoing = ssl.MemoryBIO()
@@ -496,7 +495,7 @@ class TlsConnection(TlsStream):
         self.handshake_timer.close()
         super().close()
 
-    def tls_info(self) -> dict:
+    def tls_info(self) -> TlsInfo:
         """What the operator sees: protocol version and cipher (None until the handshake is
         done), and the name the client asked for by SNI (None if it sent none)."""
         tls = self.tls

@@ -20,16 +20,18 @@ import os
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from xps_server.core.loop import EPOLLOUT, Loop
 from xps_server.events import UpstreamConnected, UpstreamFailed, UpstreamHealthChanged
 from xps_server.http.response_parser import ResponseParser
 from xps_server.network.balancer import Balancer
-from xps_server.network.connection import READ_MASK, WRITE_MASK, Connection
+from xps_server.network.connection import NO_HANDLER, READ_MASK, WRITE_MASK, Connection
 from xps_server.network.tls import TlsStream, client_context
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from xps_server.config import Config, Route
     from xps_server.events import EventBus
     from xps_server.traffic import TrafficStats
@@ -73,6 +75,8 @@ class UpstreamConnection(Connection):
     """A connection to one upstream; while pooled it is its own handler (any event closes it)."""
 
     __slots__ = ("connecting", "parser", "reused", "state", "timer")
+
+    handler: UpstreamHandler
 
     def __init__(self, loop: Loop, sock: socket.socket, state: UpstreamState) -> None:
         super().__init__(loop, sock, (state.host, state.port))
@@ -132,6 +136,11 @@ class UpstreamConnection(Connection):
             self.out.push(data)
         else:
             self.send(data)
+
+    def queued(self) -> bytes:
+        """Everything `write` queued: while the connect is in progress, none of it was sent.
+        An upstream connection never queues a file segment, only bytes and their views."""
+        return b"".join(cast("deque[bytes | memoryview]", self.out.items))
 
     def _on_timer(self) -> None:
         if not self.closed:
@@ -270,7 +279,8 @@ class UpstreamState:
         self.idle: list[UpstreamConnection] = []
         self.stats: TrafficStats | None = None  # set by the core's accounting when it is on
         self.family = socket.AF_INET
-        self.sockaddr: tuple | None = None
+        # as getaddrinfo types it; for a TCP stream over IPv4 or IPv6, one of the first two
+        self.sockaddr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes] | None = None
         self.resolve()
 
     def resolve(self) -> None:
@@ -303,7 +313,7 @@ class UpstreamState:
     def park(self, conn: UpstreamConnection) -> None:
         """Keep a connection whose exchange ended cleanly, or close it if there is no room."""
         if self.draining or len(self.idle) >= IDLE_PER_UPSTREAM or conn.closed:
-            conn.handler = None
+            conn.handler = NO_HANDLER
             conn.close()
             return
         conn.reused = True
@@ -392,7 +402,7 @@ class UpstreamState:
         if changed:
             self._health_changed()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         now = self.loop.now
         return {
             "addr": self.addr,
@@ -462,17 +472,17 @@ class UpstreamRegistry(dict[str, UpstreamState]):
             raise KeyError(f"no upstream {addr!r}; known: {', '.join(self) or 'none'}")
         return state
 
-    def drain(self, addr: str) -> dict:
+    def drain(self, addr: str) -> dict[str, Any]:
         state = self.lookup(addr)
         state.drain()
         return state.snapshot()
 
-    def enable(self, addr: str) -> dict:
+    def enable(self, addr: str) -> dict[str, Any]:
         state = self.lookup(addr)
         state.enable()
         return state.snapshot()
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         return [state.snapshot() for state in self.values()]
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ def peer_forms(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str
     return (socket.inet_ntop(socket.AF_INET6, addr.packed),)
 
 
-def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def parse_network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """An address or CIDR block in canonical form (host bits cleared); ValueError if invalid.
 
     IPv4-mapped IPv6 blocks of /96 or longer become the IPv4 block they contain.

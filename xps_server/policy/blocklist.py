@@ -17,11 +17,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 from .acl import NetSet, parse_network
 
 COMPACT_SLACK = 1024  # stale heap entries tolerated beyond the live ones before a rebuild
+
+
+class SavedBlock(TypedDict):
+    """One entry as the state file keeps it."""
+
+    cidr: str
+    route: str | None
+    expires_at: float | None
 
 
 class BlockList:
@@ -128,7 +136,7 @@ class BlockList:
 
     # --- persistence ------------------------------------------------------------------------
     @staticmethod
-    def format(entries: Iterable[tuple[tuple[str | None, str], float | None]]) -> list[dict]:
+    def format(entries: Iterable[tuple[tuple[str | None, str], float | None]]) -> list[SavedBlock]:
         """Entries (as `entries.items()` has them, or a copy) as the state file keeps them."""
         return [
             {"cidr": network, "route": route, "expires_at": at} for (route, network), at in entries

@@ -25,10 +25,14 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.output import BodyStream
     from xps_server.network.upstream import UpstreamRegistry
+    from xps_server.routes.tunnel import Tunnel
 
 
 class Counters(Protocol):
+    conn_timeout: int
     gzip_responses: int
+    tunnels_current: int
+    tunnels_total: int
 
 
 class Services(Protocol):
@@ -41,8 +45,9 @@ class Services(Protocol):
     gzip_cache: GzipCache
     upstreams: UpstreamRegistry
     writer: ResponseWriter
-    stats: Counters
 
+    @property
+    def stats(self) -> Counters: ...  # read-only here, so the core's own `Stats` satisfies it
     def metrics_snapshot(self) -> dict[str, Any]: ...
     def metrics_prometheus(self) -> str: ...
 
@@ -68,14 +73,21 @@ class RouteSwitches(Protocol):
 
 
 class RouteContext(Protocol):
-    """One client connection's view, as a handler sees it (the session implements it)."""
+    """One client connection's view, as a handler sees it (the session implements it). What
+    a handler only reads is a property here, so the session's narrower types (its `Core`,
+    its `RouteState`) satisfy it."""
 
-    id: int
-    core: Services
-    conn: Connection
     close_after: bool
-    route_state: RouteSwitches | None  # the request's route's (set before the handler runs)
     upstream: str  # the upstream the latest proxied request used, for the operator
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def core(self) -> Services: ...
+    @property
+    def conn(self) -> Connection: ...
+    @property
+    def route_state(self) -> RouteSwitches | None: ...  # set before the handler runs
 
     def stream(self, producer: Producer) -> None: ...
     def start_body(
@@ -85,6 +97,12 @@ class RouteContext(Protocol):
     def stream_failed(self, status: int) -> None: ...
     def resume_body(self) -> None: ...
     def arm_timer(self) -> None: ...
+    # Protocol upgrades (routes.tunnel): the request asked for one; the upstream agreed (the
+    # connection is the tunnel's, and the bytes the client sent past the request come back);
+    # the tunnel closed the connection.
+    def expect_upgrade(self) -> None: ...
+    def switch_protocols(self, tunnel: Tunnel) -> bytes: ...
+    def tunnel_closed(self) -> None: ...
 
 
 class RouteHandler(Protocol):

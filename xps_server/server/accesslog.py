@@ -40,7 +40,7 @@ _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\uffff]').search
 def _escape(text: str) -> str:
     if _NEEDS_ESCAPE(text) is None:
         return text
-    out = []
+    out: list[str] = []
     for ch in text:
         code = ord(ch)
         if ch == '"' or ch == "\\" or code < 0x20 or code > 0x7E:
@@ -149,7 +149,7 @@ class AccessLog:
             while True:
                 os.eventfd_read(self._wake)  # blocks until the loop hands something over
                 # Whatever is waiting goes out in one write.
-                batch = []
+                batch: list[tuple[bytes, int]] = []
                 while batches:
                     item = batches.popleft()
                     if item is None:

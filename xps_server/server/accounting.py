@@ -37,6 +37,17 @@ REFUSAL_EVENT_INTERVAL = 1.0  # at most one connection_refused event per address
 REFUSAL_MEMORY = 10_000  # addresses whose last event is remembered before the memory starts over
 
 
+class _Refusals:
+    """One address's refusals: when its last connection_refused event went out, and how many
+    refusals have not been reported since."""
+
+    __slots__ = ("count", "last_event")
+
+    def __init__(self, last_event: float) -> None:
+        self.last_event = last_event
+        self.count = 0
+
+
 class Accounting:
     """Traffic figures of one core (see the module docstring)."""
 
@@ -48,8 +59,7 @@ class Accounting:
         self.pending: list[Session] = []  # sessions with counts the tracker has not had yet
         self._report_timer = loop.timer(self.report)
         self._upstreams: UpstreamRegistry | None = None
-        # address -> [time of its last connection_refused event, refusals not reported since]
-        self._refusals: dict[str, list] = {}
+        self._refusals: dict[str, _Refusals] = {}  # by address
         self._timer = loop.timer(self._rotate)
         self._timer.reset(loop.now + GENERATION_SECONDS)
 
@@ -62,11 +72,11 @@ class Accounting:
             if config.histograms:
                 state.stats = routes[key] = self.routes.get(key) or TrafficStats(now)
         self.routes = routes
-        for state in upstreams.values():
+        for upstream in upstreams.values():
             if not config.histograms:
-                state.stats = None
-            elif state.stats is None:
-                state.stats = TrafficStats(now)
+                upstream.stats = None
+            elif upstream.stats is None:
+                upstream.stats = TrafficStats(now)
         self._upstreams = upstreams
         capacity = config.top_clients
         if not capacity:
@@ -130,12 +140,12 @@ class Accounting:
         if seen is None:
             if len(refusals) >= REFUSAL_MEMORY:
                 refusals.clear()
-            seen = refusals[ip] = [now - REFUSAL_EVENT_INTERVAL, 0]
-        seen[1] += 1
-        if now - seen[0] >= REFUSAL_EVENT_INTERVAL:
-            self.bus.publish(ConnectionRefused(time.time(), ip, cidr or "", seen[1]))
-            seen[0] = now
-            seen[1] = 0
+            seen = refusals[ip] = _Refusals(now - REFUSAL_EVENT_INTERVAL)
+        seen.count += 1
+        if now - seen.last_event >= REFUSAL_EVENT_INTERVAL:
+            self.bus.publish(ConnectionRefused(time.time(), ip, cidr or "", seen.count))
+            seen.last_event = now
+            seen.count = 0
 
     def close(self) -> None:
         self._timer.close()

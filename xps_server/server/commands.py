@@ -31,17 +31,17 @@ class Arg:
     it may take, and a line of help."""
 
     name: str
-    kind: type | tuple[type, ...]
+    kind: type[Any] | tuple[type[Any], ...]
     help: str
     default: Any = REQUIRED
-    choices: tuple = ()
+    choices: tuple[object, ...] = ()
     bounds: tuple[int, int] | None = None
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
-    def take(self, args: dict) -> Any:
+    def take(self, args: dict[str, Any]) -> Any:
         """This argument's value in `args` (a JSON null counts as absent); CommandError if it
         is missing, of the wrong type, or outside its choices or bounds."""
         value = args.get(self.name)
@@ -74,7 +74,7 @@ class Command:
     mutating: bool = False
     persisted: bool = False
 
-    def parse(self, args: dict) -> dict[str, Any]:
+    def parse(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every argument's value, defaults filled in; CommandError for the first bad one.
         Names the command does not take are ignored."""
         return {arg.name: arg.take(args) for arg in self.args}

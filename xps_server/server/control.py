@@ -37,11 +37,11 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
-from xps_server.network.connection import Connection
+from xps_server.network.connection import Connection, TlsInfo
 from xps_server.server.commands import NUMBER, Arg, Command, CommandError
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ MAX_PENDING_REPLIES = 4096  # replies waiting for the disk before a connection s
 
 # --- snapshots ------------------------------------------------------------------------------
 def session_state(session: Session) -> str:
+    if session.tunnel is not None:
+        return "tunnel"
     if session.producer is not None:
         return "proxying"
     if session.conn.out.items:
@@ -77,9 +79,27 @@ def session_state(session: Session) -> str:
     return "idle"
 
 
-def session_row(session: Session, now: float) -> dict:
+class SessionRow(TypedDict):
+    """One session as snapshots list it."""
+
+    id: int
+    client: str
+    ip: str
+    route: str
+    state: str
+    request: str
+    requests: int
+    bytes_in: int
+    bytes_out: int
+    age: float
+    tls: TlsInfo | None
+
+
+def session_row(session: Session, now: float) -> SessionRow:
     conn = session.conn
     request = session.request
+    if request is None and session.tunnel is not None:
+        request = session.last_request  # the request that upgraded
     return {
         "id": session.id,
         "client": f"{conn.peer_ip}:{conn.peer_port}",
@@ -95,7 +115,7 @@ def session_row(session: Session, now: float) -> dict:
     }
 
 
-_SORT_KEYS: dict[str, Callable[[Session], Any]] = {
+_SORT_KEYS: dict[str, Callable[[Session], float]] = {
     "age": lambda s: s.opened,  # oldest first
     "bytes": lambda s: -(s.conn.bytes_in + s.conn.bytes_out),
     "id": lambda s: s.id,
@@ -103,11 +123,11 @@ _SORT_KEYS: dict[str, Callable[[Session], Any]] = {
 
 
 # --- the commands: the core and the validated arguments in, a JSON-able result out -------------
-def _ping(core: Core, args: dict) -> str:
+def _ping(core: Core, args: dict[str, Any]) -> str:
     return "pong"
 
 
-def _snapshot(core: Core, args: dict) -> dict:
+def _snapshot(core: Core, args: dict[str, Any]) -> dict[str, Any]:
     now = core.loop.now
     sessions = heapq.nsmallest(
         max(0, args["limit"]), core.sessions.values(), key=_SORT_KEYS[args["sort"]]
@@ -130,7 +150,7 @@ def _snapshot(core: Core, args: dict) -> dict:
     }
 
 
-def _top(core: Core, args: dict) -> dict:
+def _top(core: Core, args: dict[str, Any]) -> dict[str, Any]:
     window = args["window"]
     tracker = core.top
     if tracker is None:
@@ -150,7 +170,7 @@ def _top(core: Core, args: dict) -> dict:
     }
 
 
-def _session(core: Core, args: dict) -> dict:
+def _session(core: Core, args: dict[str, Any]) -> dict[str, Any]:
     session = _find_session(core, args["id"])
     now = core.loop.now
     listener = session.listener
@@ -179,15 +199,15 @@ def _session(core: Core, args: dict) -> dict:
     }
 
 
-def _block(core: Core, args: dict) -> Any:
+def _block(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.block(args["cidr"], route=args["route"], seconds=args["seconds"]))
 
 
-def _unblock(core: Core, args: dict) -> Any:
+def _unblock(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.unblock(args["cidr"], route=args["route"]))
 
 
-def _gzip(core: Core, args: dict) -> Any:
+def _gzip(core: Core, args: dict[str, Any]) -> Any:
     route = args["route"]
 
     def apply() -> Any:
@@ -201,22 +221,22 @@ def _gzip(core: Core, args: dict) -> Any:
     return _policy(apply)
 
 
-def _kill(core: Core, args: dict) -> dict:
+def _kill(core: Core, args: dict[str, Any]) -> dict[str, SessionRow]:
     session = _find_session(core, args["session"])
     row = session_row(session, core.loop.now)
     session.conn.close()
     return {"killed": row}
 
 
-def _drain(core: Core, args: dict) -> Any:
+def _drain(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.drain_upstream(args["upstream"]))
 
 
-def _enable(core: Core, args: dict) -> Any:
+def _enable(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.enable_upstream(args["upstream"]))
 
 
-def _reload(core: Core, args: dict) -> dict:
+def _reload(core: Core, args: dict[str, Any]) -> dict[str, str]:
     ok, message = core.reload()
     if not ok:
         raise CommandError(message)
@@ -360,7 +380,7 @@ class CommandAPI:
         self.core = core
 
     # --- dispatch -------------------------------------------------------------------------
-    def run(self, message: Any, done: Callable[[dict], None]) -> None:
+    def run(self, message: Any, done: Callable[[dict[str, Any]], None]) -> None:
         """Apply one command message `{"cmd": name, "args": {...}}` on the loop thread and hand
         its reply to `done`: at once, or, for a command that changes the state file, once the
         runtime says that change is on disk (a later loop turn). Never raises."""
@@ -378,7 +398,7 @@ class CommandAPI:
             self._announce(command, args, reply)
             done(reply)
 
-    def _apply(self, message: Any) -> tuple[Command | None, dict, dict]:
+    def _apply(self, message: Any) -> tuple[Command | None, dict[str, Any], dict[str, Any]]:
         if not isinstance(message, dict):
             return None, {}, {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
         name = message.get("cmd")
@@ -399,7 +419,9 @@ class CommandAPI:
             reply = {"ok": False, "error": f"internal error: {exc}"}
         return command, args, reply
 
-    def _announce(self, command: Command | None, args: dict, reply: dict) -> None:
+    def _announce(
+        self, command: Command | None, args: dict[str, Any], reply: dict[str, Any]
+    ) -> None:
         """Commands that change the server become operator_action events, with the arguments
         as the operator sent them (the console recognises its own commands by them)."""
         bus = self.core.bus
@@ -409,10 +431,10 @@ class CommandAPI:
             shown = {k: v for k, v in args.items() if not isinstance(v, dict | list)}
             bus.publish(OperatorAction(time.time(), command.name, shown, reply["ok"], summary))
 
-    def submit(self, message: Any) -> concurrent.futures.Future:
+    def submit(self, message: Any) -> concurrent.futures.Future[dict[str, Any]]:
         """From any thread: run the command on the loop thread; the future gets the reply (for
         a command that changes the state file, once the change is on disk or failed to be)."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
         def run() -> None:
             if future.set_running_or_notify_cancel():
@@ -532,7 +554,7 @@ class ControlClient:
         else:
             self.server.api.run(message, lambda answer: self._answer(reply, answer, request_id))
 
-    def _answer(self, reply: _Reply, message: dict, request_id: Any = None) -> None:
+    def _answer(self, reply: _Reply, message: dict[str, Any], request_id: Any = None) -> None:
         if self.conn.closed:
             return  # the peer left: nobody to tell
         if request_id is not None:
@@ -549,9 +571,13 @@ class ControlClient:
         """Send the replies that are ready, in request order, in one write."""
         self._replies_scheduled = False
         replies = self.replies
-        lines = []
-        while replies and replies[0].line is not None:
-            lines.append(replies.popleft().line)
+        lines: list[bytes] = []
+        while replies:
+            line = replies[0].line
+            if line is None:
+                break
+            replies.popleft()
+            lines.append(line)
         conn = self.conn
         if not lines or conn.closed:
             return
@@ -560,7 +586,7 @@ class ControlClient:
             self._schedule_commands()  # it stopped for the replies waiting: go on
         self._close_if_done()
 
-    def set_subscribed(self, on: bool, args: object) -> dict:
+    def set_subscribed(self, on: bool, args: object) -> dict[str, Any]:
         """`max_rate` (events/s) bounds what this peer costs the loop: past it, traffic events
         are not even built for it, the rest wait in a queue of one second's worth (oldest
         dropped), and every loss is counted."""

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xps_server.config import Config, ConfigError, Tls, load_config
 from xps_server.core.loop import Loop
@@ -27,7 +27,7 @@ from xps_server.events import (
     TlsError,
 )
 from xps_server.http.writer import ResponseWriter
-from xps_server.network.connection import Connection
+from xps_server.network.connection import Connection, Peer
 from xps_server.network.listener import Listener
 from xps_server.network.tls import TlsConnection, TlsEndpoint, TlsSetupError, server_context
 from xps_server.network.upstream import UpstreamRegistry, upstream_key
@@ -35,7 +35,7 @@ from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
 from xps_server.server.metrics import Stats, prometheus, snapshot
-from xps_server.server.routing import RouteState, Routing
+from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
@@ -67,7 +67,7 @@ class Core:
         self.accounting = Accounting(self.loop, self.bus)
         self.top: TopTalkers | None = None
         self.routing = self._configure(config)
-        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.listeners: dict[tuple[str, int], Listener[ServerView]] = {}
         self.sessions: dict[int, Session] = {}
         # Sessions with nothing in progress (fresh, or idle keep-alive), oldest idle first: at
         # max_connections the oldest is closed to make room, as nginx reuses connections.
@@ -90,10 +90,12 @@ class Core:
         self.listeners = self._bind(self.config, {})
         self._serve(self.routing, tls)
 
-    def _bind(self, config: Config, keep: dict[tuple[str, int], Listener]) -> dict:
+    def _bind(
+        self, config: Config, keep: dict[tuple[str, int], Listener[ServerView]]
+    ) -> dict[tuple[str, int], Listener[ServerView]]:
         """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
         and leaves those in `keep` serving what they served."""
-        bound: dict[tuple[str, int], Listener] = {}
+        bound: dict[tuple[str, int], Listener[ServerView]] = {}
         try:
             for key in config.listeners():
                 listener = keep.get(key)
@@ -159,6 +161,7 @@ class Core:
     def _tls_ready(self, conn: TlsConnection) -> None:
         """A handshake completed: the request head is due within client_header from now."""
         session = conn.handler
+        assert isinstance(session, Session)  # from accept to close
         session.timer.reset(self.loop.now + self.config.timeouts.client_header)
 
     def _tls_failed(self, conn: TlsConnection, reason: str) -> None:
@@ -167,7 +170,8 @@ class Core:
         bus = self.bus
         if bus.active:
             session = conn.handler
-            bus.publish(TlsError(time.time(), session.id if session else 0, conn.peer_ip, reason))
+            assert isinstance(session, Session)  # reported before the connection closes
+            bus.publish(TlsError(time.time(), session.id, conn.peer_ip, reason))
 
     def _configure(self, config: Config) -> Routing:
         """The routes of `config` with the state the server keeps for them: the upstreams and
@@ -183,7 +187,7 @@ class Core:
         self.top = self.accounting.top
         return routing
 
-    def _on_accept(self, listener: Listener, sock: socket.socket, peer: tuple) -> None:
+    def _on_accept(self, listener: Listener[ServerView], sock: socket.socket, peer: Peer) -> None:
         stats = self.stats
         blocklist = self.runtime.blocklist
         blocked = blocklist.global_set
@@ -321,7 +325,7 @@ class Core:
         session.error(403)
 
     # --- operator views -----------------------------------------------------------------------
-    def routes_snapshot(self) -> list[dict]:
+    def routes_snapshot(self) -> list[dict[str, Any]]:
         """Every route of every server, with what the console shows and toggles."""
         rows = []
         now = self.loop.now
@@ -344,24 +348,24 @@ class Core:
                 )
         return rows
 
-    def upstreams_snapshot(self) -> list[dict]:
+    def upstreams_snapshot(self) -> list[dict[str, Any]]:
         """Every upstream address: state (up, down, draining), requests in flight, counters."""
         return self.upstreams.snapshot()
 
-    def drain_upstream(self, addr: str) -> dict:
+    def drain_upstream(self, addr: str) -> dict[str, Any]:
         """Take `host:port` out of rotation; requests in flight finish. KeyError if unknown.
         Kept in state_file: a drain survives reloads and restarts."""
         return self.runtime.drain_upstream(addr)
 
-    def enable_upstream(self, addr: str) -> dict:
+    def enable_upstream(self, addr: str) -> dict[str, Any]:
         """Put `host:port` back in rotation (undoes a drain or a passive-health down)."""
         return self.runtime.enable_upstream(addr)
 
-    def acl_snapshot(self) -> dict:
+    def acl_snapshot(self) -> dict[str, Any]:
         """The runtime block list and each route's config lists."""
         return {"blocks": self.runtime.blocks(), "routes": self.runtime.acl_routes()}
 
-    def metrics_snapshot(self) -> dict:
+    def metrics_snapshot(self) -> dict[str, Any]:
         """What a `metrics` route answers, as a dict."""
         return snapshot(self)
 
@@ -370,18 +374,21 @@ class Core:
         return prometheus(snapshot(self), self)
 
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
-    def block(self, cidr: str, route: str | None = None, seconds: float | None = None) -> dict:
+    def block(
+        self, cidr: str, route: str | None = None, seconds: float | None = None
+    ) -> dict[str, Any]:
         """Block an address or CIDR globally (refused at accept, its open connections closed)
-        or on one route (403 there), for `seconds` or until unblocked; kept in state_file."""
+        or on one route (403 there, its tunnels there closed), for `seconds` or until
+        unblocked; kept in state_file."""
         return self.runtime.block(cidr, route, seconds)
 
-    def unblock(self, cidr: str, route: str | None = None) -> dict:
+    def unblock(self, cidr: str, route: str | None = None) -> dict[str, Any]:
         return self.runtime.unblock(cidr, route)
 
-    def blocks(self) -> list[dict]:
+    def blocks(self) -> list[dict[str, Any]]:
         return self.runtime.blocks()
 
-    def set_gzip(self, route: str, enabled: bool | None) -> dict:
+    def set_gzip(self, route: str, enabled: bool | None) -> dict[str, Any]:
         """Turn gzip on or off for a route (named as `route_key` does); None reverts to the
         config file's setting. Kept in state_file."""
         return self.runtime.set_gzip(route, enabled)

@@ -44,6 +44,8 @@ class Stats:
         "tls_errors",
         "traffic_recv_bytes",
         "traffic_send_bytes",
+        "tunnels_current",
+        "tunnels_total",
     )
 
     def __init__(self) -> None:
@@ -65,6 +67,8 @@ class Stats:
         self.acl_denied = 0  # requests answered 403 by a route's ACL or runtime block
         self.conn_blocked = 0  # connections refused at accept by the global block list
         self.gzip_responses = 0
+        self.tunnels_current = 0  # upgraded connections (WebSocket) open now
+        self.tunnels_total = 0
         self.tls_errors = 0  # handshakes failed or timed out, broken records
 
     def record_response(self, status: int, elapsed: float) -> None:
@@ -121,6 +125,8 @@ def snapshot(core: Core) -> dict[str, Any]:
         "tls_errors": stats.tls_errors,
         "blocks_active": len(core.runtime.blocklist.entries),
         "gzip_responses": stats.gzip_responses,
+        "tunnels_current": stats.tunnels_current,
+        "tunnels_total": stats.tunnels_total,
     }
     now = core.loop.now
     data["routes"] = {key: stats.summary(now) for key, stats in core.accounting.routes.items()}
@@ -208,6 +214,20 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
     ("acl_denied", "xps_acl_denied_total", "counter", "Requests denied (403) by an ACL.", 1),
     ("blocks_active", "xps_blocks_active", "gauge", "Entries in the runtime block list.", 1),
     ("gzip_responses", "xps_gzip_responses_total", "counter", "Responses sent gzip'ed.", 1),
+    (
+        "tunnels_current",
+        "xps_tunnels_current",
+        "gauge",
+        "Upgraded connections (WebSocket and other protocols) open now.",
+        1,
+    ),
+    (
+        "tunnels_total",
+        "xps_tunnels_total",
+        "counter",
+        "Connections upgraded (101 Switching Protocols) into tunnels.",
+        1,
+    ),
     ("gzip_cache_hits", "xps_gzip_cache_hits_total", "counter", "gzip cache hits.", 1),
     ("gzip_cache_misses", "xps_gzip_cache_misses_total", "counter", "gzip cache misses.", 1),
     (

@@ -6,12 +6,13 @@ The core exposes these as plain methods (`Core.block`, `unblock`, `blocks`, `set
 dicts; bad input raises `CommandError` with a message meant for the operator. Every change is
 applied at once and costs the same whatever the number of blocks: the block list changes
 incrementally, only the route a block names gets a new access check, a global block closes
-that address's open connections through the core's index of sessions by client address, and
-a drained upstream is taken out of rotation. The state file is written off the loop thread
-(`StateWriter`: one snapshot per write, one fsync for any number of changes);
-`when_durable` tells a caller once the state as it is now is on disk, which is what a
-command's `persisted` reports. The state is read back when the core starts and reapplied on
-every reload, so blocks, toggles and drains survive a restart or a crash.
+that address's open connections (a block on a route, its tunnels on that route) through the
+core's index of sessions by client address, and a drained upstream is taken out of rotation.
+The state file is written off the loop thread (`StateWriter`: one snapshot per write, one
+fsync for any number of changes); `when_durable` tells a caller once the state as it is now
+is on disk, which is what a command's `persisted` reports. The state is read back when the
+core starts and reapplied on every reload, so blocks, toggles and drains survive a restart or
+a crash.
 
 At start, temporary files a crashed write left beside the state file (``<state_file>.<pid>.tmp``)
 are removed, and a state file that cannot be read or decoded is kept aside as
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from xps_server.config import Config
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, Routing
+    from xps_server.server.session import Session
 
 log = logging.getLogger("xps.runtime")
 
@@ -84,9 +86,11 @@ class Runtime:
     def _refresh_access(self, key: str | None) -> None:
         """Give the route named `key` the access check its lists and blocks make now. A new
         `Access` each time: its memoised verdicts were taken under the old sets."""
-        state = self._states.get(key) if key is not None else None
+        if key is None:
+            return  # a global block: checked at accept
+        state = self._states.get(key)
         if state is None:
-            return  # a global block (checked at accept) or one that outlived its route
+            return  # a block that outlived its route
         blocked = self.blocklist.route_sets.get(key)
         state.access = build_access(state.whitelist, state.blacklist, blocked, key)
 
@@ -123,9 +127,7 @@ class Runtime:
             expires_at = time.time() + seconds
         if self.blocklist.add(network, key, expires_at):
             self._blocks_changed(key)
-        closed = 0
-        if key is None:
-            closed = self._close_connections(network)
+        closed = self._close_connections(network, key)
         log.info(
             "blocked %s %s%s (%d connections closed)",
             network,
@@ -155,10 +157,12 @@ class Runtime:
     def blocks(self) -> list[dict[str, Any]]:
         return self.blocklist.listing(time.time())
 
-    def _close_connections(self, network: str) -> int:
-        """Close the open connections of clients in `network`. One address is a dict probe per
-        way accept() spells it (IPv4-mapped on a dual-stack listener); a wider block checks
-        each distinct client address once, never every session."""
+    def _close_connections(self, network: str, route: str | None) -> int:
+        """Close the open connections of clients in `network`: all of them for a global block;
+        for a block on `route`, their tunnels on it (a tunnel makes no further request that
+        the block could refuse). One address is a dict probe per way accept() spells it
+        (IPv4-mapped on a dual-stack listener); a wider block checks each distinct client
+        address once, never every session."""
         by_ip = self.core.sessions_by_ip
         net = parse_network(network)
         if net.prefixlen == net.max_prefixlen:
@@ -167,6 +171,8 @@ class Runtime:
             matcher = NetSet([net])
             groups = [group for ip, group in by_ip.items() if matcher.contains_ip(ip)]
         doomed = [session for group in groups if group for session in group.values()]
+        if route is not None:
+            doomed = [s for s in doomed if s.tunnel is not None and _on_route(s, route)]
         for session in doomed:
             session.conn.close()  # leaves the index through Core.session_closed
         return len(doomed)
@@ -369,8 +375,13 @@ def _set_aside(path: str, problem: str) -> None:
         )
 
 
+def _on_route(session: Session, route: str) -> bool:
+    state = session.route_state
+    return state is not None and state.key == route
+
+
 def _network(cidr: object) -> str:
     try:
-        return str(parse_network(cidr))  # type: ignore[arg-type]
+        return str(parse_network(cidr))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
