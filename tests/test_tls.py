@@ -7,10 +7,12 @@ Certificates come from `trustme`: a throwaway CA per test, certificates issued b
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.sync.client import connect as ws_client
+from websockets.sync.server import serve
 
 from tests.backends import Backend
 from tests.helpers import (
@@ -31,6 +35,7 @@ from tests.helpers import (
     wait_until,
     write_config,
 )
+from tests.test_websocket import UPGRADE, echo, gone, half_closing_upstream
 from xps_server.config import ConfigError, find_server, load_config, parse_config
 from xps_server.config import Server as ServerBlock
 from xps_server.events import TlsError
@@ -387,6 +392,95 @@ def test_https_upstreams_are_verified(start_server, ca, tmp_path, site, caplog):
         unverified = proxy(tls_verify=False)
     assert "tls_verify is false" in caplog.text
     assert unverified.request("GET", "/hello.txt").body == b"hello world\n"
+
+
+# --- upgrades through a TLS listener -------------------------------------------------------
+def test_a_websocket_over_tls_echoes_through_the_proxy(tls_server, ca):
+    upstream = serve(echo, "127.0.0.1", 0, compression=None, ping_interval=None)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.socket.getsockname()[1]
+    server = tls_server(
+        [{"req_path": "/", "type": "reverse_proxy", "upstreams": [f"127.0.0.1:{port}"]}]
+    )
+    with ws_client(
+        f"wss://localhost:{server.port}/chat", ssl=client_context(ca), open_timeout=5
+    ) as ws:
+        ws.send("hello over TLS")
+        assert ws.recv(timeout=5) == "hello over TLS"
+        ws.send(bytes(range(256)) * 1000)
+        assert ws.recv(timeout=5) == bytes(range(256)) * 1000
+    wait_until(lambda: gone(server))
+    upstream.shutdown()
+
+
+class SansIoClient:
+    """A TLS client over a blocking socket, driven by hand: it can half-close (close_notify,
+    then FIN) and go on reading, which `ssl.SSLSocket` cannot."""
+
+    def __init__(self, port: int, ca: trustme.CA) -> None:
+        self.sock = connect(port)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = client_context(ca).wrap_bio(
+            self.incoming, self.outgoing, server_hostname="localhost"
+        )
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self.incoming.write(self.sock.recv(65536))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def half_close(self) -> None:
+        with pytest.raises(ssl.SSLWantReadError):  # the server's close_notify is not here yet
+            self.tls.unwrap()
+        self._flush()
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def read_to_end(self) -> bytes:
+        """Everything until the server's close_notify (a FIN without one fails)."""
+        received = b""
+        while True:
+            try:
+                data = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                raw = self.sock.recv(65536)
+                assert raw, "closed without close_notify"
+                self.incoming.write(raw)
+                continue
+            except ssl.SSLZeroReturnError:
+                return received
+            if not data:
+                return received
+            received += data
+
+
+def test_half_close_over_tls_passes_both_ways(tls_server, ca):
+    backend = Backend(half_closing_upstream)
+    server = tls_server([{"req_path": "/", "type": "reverse_proxy", "upstreams": [backend.addr]}])
+    client = SansIoClient(server.port, ca)
+    client.send(UPGRADE)
+    body = bytes(range(256)) * 4000
+    client.send(body)
+    # Our close_notify and FIN: the server passes the end on, and still sends us the answer.
+    client.half_close()
+    received = client.read_to_end()
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+    client.sock.close()
+    wait_until(lambda: gone(server))
+    backend.stop()
 
 
 # --- redirects ------------------------------------------------------------------------------
