@@ -6,6 +6,7 @@ Certificates come from `trustme`: a throwaway CA per test, certificates issued b
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import json
@@ -13,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -239,6 +241,21 @@ def test_a_client_stalling_in_the_handshake_is_cut_at_the_timeout(tls_server, ca
     assert events[0].reason == "handshake timed out" and events[0].client == "127.0.0.1"
     assert server.call(server.core.metrics_snapshot)["tls_errors"] == 1
     wait_until(lambda: server.call(lambda: len(server.core.sessions)) == 0)
+
+
+def test_a_stopped_tls_server_is_freed(ca, tmp_path, site):
+    """An SSLObject holds its context without telling the cyclic collector: nothing reachable
+    from a context (its SNI callback) may lead back to the connections, or none is freed."""
+    tls = issue(ca, tmp_path, "localhost", "localhost")
+    server = RunningServer(tls_config(free_port(), tls, [files_route(site)]), tmp_path)
+    client = TlsClient(server.port, client_context(ca))
+    assert client.request("GET", "/hello.txt").status == 200  # a session kept for the figures
+    client.close()
+    core = weakref.ref(server.core)
+    server.stop()
+    del server
+    gc.collect()
+    assert core() is None
 
 
 # --- reload ---------------------------------------------------------------------------------
@@ -612,7 +629,7 @@ def test_sni_picks_the_certificate_of_the_server_the_host_would_pick(data):
     servers = [ServerBlock([], [pattern]) for pattern in hostnames]
     contexts = {pattern: object() for pattern in hostnames}
     default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    endpoint = TlsEndpoint(default, contexts, 10.0, print, print)  # type: ignore[arg-type]
+    endpoint = TlsEndpoint(default, contexts, 10.0)  # type: ignore[arg-type]
     chosen = endpoint.context_for(name)
     routed = find_server(servers, name).hostnames[0] if servers else None
     if routed == name or (routed and routed[:2] == "*." and name.endswith(routed[1:])):

@@ -25,8 +25,7 @@ import socket
 import ssl
 import sys
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from xps_server.core.pipe import FileSegment
 from xps_server.network.connection import READ_MASK, RECV_SIZE, Connection, Peer, TlsInfo
@@ -142,22 +141,30 @@ def _quiet_bad_server_names() -> None:
     sys.unraisablehook = hook
 
 
-class TlsEndpoint:
-    """A TLS listener's certificates and the core's callbacks for its connections.
+class TlsHooks(Protocol):
+    """Who hears of a client connection's handshake (the core)."""
 
-    `contexts` maps the hostnames of the server blocks (lower-case; "*.suffix" wildcards) to
-    the context with their certificate; any other name, or none, gets `default`.
+    def tls_ready(self, conn: TlsConnection) -> None: ...
+    def tls_failed(self, conn: TlsConnection, reason: str) -> None: ...
+
+
+class TlsEndpoint:
+    """A TLS listener's certificates: `contexts` maps the hostnames of the server blocks
+    (lower-case; "*.suffix" wildcards) to the context with their certificate; any other name,
+    or none, gets `default`.
+
+    It holds nothing else, the core above all: the default context holds it (its SNI
+    callback), and an `SSLObject` holds its context without telling the cyclic garbage
+    collector, so anything reachable from here back to a connection would never be freed.
     """
 
-    __slots__ = ("by_name", "default", "handshake_timeout", "on_error", "on_ready", "wildcards")
+    __slots__ = ("by_name", "default", "handshake_timeout", "wildcards")
 
     def __init__(
         self,
         default: ssl.SSLContext,
         contexts: dict[str, ssl.SSLContext],
         handshake_timeout: float,
-        on_ready: Callable[[TlsConnection], None],
-        on_error: Callable[[TlsConnection, str], None],
     ) -> None:
         self.default = default
         self.by_name = {name: ctx for name, ctx in contexts.items() if not name.startswith("*.")}
@@ -167,8 +174,6 @@ class TlsEndpoint:
             key=lambda item: -len(item[0]),
         )
         self.handshake_timeout = handshake_timeout
-        self.on_ready = on_ready
-        self.on_error = on_error
         # Also when no name picks another certificate: the name asked for is shown to the
         # operator.
         default.sni_callback = self._on_sni
@@ -448,6 +453,7 @@ class TlsConnection(TlsStream):
         "endpoint",
         "handshake_timer",
         "handshaking",
+        "hooks",
         "peer_done",
         "shut",
         "tls",
@@ -455,7 +461,9 @@ class TlsConnection(TlsStream):
         "tls_out",
     )
 
-    def __init__(self, loop: Loop, sock: socket.socket, peer: Peer, endpoint: TlsEndpoint) -> None:
+    def __init__(
+        self, loop: Loop, sock: socket.socket, peer: Peer, endpoint: TlsEndpoint, hooks: TlsHooks
+    ) -> None:
         super().__init__(loop, sock, peer)
         incoming = ssl.MemoryBIO()
         outgoing = ssl.MemoryBIO()
@@ -463,6 +471,7 @@ class TlsConnection(TlsStream):
             endpoint.default.wrap_bio(incoming, outgoing, server_side=True), incoming, outgoing
         )
         self.endpoint = endpoint
+        self.hooks = hooks
         self.handshake_timer = loop.timer(self._handshake_expired)
 
     def start(self, handler: ConnectionHandler) -> None:
@@ -471,10 +480,10 @@ class TlsConnection(TlsStream):
 
     def _handshake_done(self) -> None:
         self.handshake_timer.close()
-        self.endpoint.on_ready(self)
+        self.hooks.tls_ready(self)
 
     def _handshake_failed(self, reason: str) -> None:
-        self.endpoint.on_error(self, reason)
+        self.hooks.tls_failed(self, reason)
         self.close()
 
     def _handshake_expired(self) -> None:
@@ -482,7 +491,7 @@ class TlsConnection(TlsStream):
             self._handshake_failed("handshake timed out")
 
     def _stream_failed(self, reason: str) -> None:
-        self.endpoint.on_error(self, reason)
+        self.hooks.tls_failed(self, reason)
         self.close()
 
     def _on_raw_eof(self) -> None:

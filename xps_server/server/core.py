@@ -151,20 +151,19 @@ class Core:
                     by_name.setdefault(name, context)
             usable = {name: ctx for name, ctx in by_name.items() if ctx is not None}
             if default is not None and len(usable) == len(by_name):
-                endpoints[key] = TlsEndpoint(
-                    default, usable, timeout, self._tls_ready, self._tls_failed
-                )
+                endpoints[key] = TlsEndpoint(default, usable, timeout)
         if problems:
             raise ConfigError(list(dict.fromkeys(problems)))  # a file named twice: once
         return endpoints
 
-    def _tls_ready(self, conn: TlsConnection) -> None:
+    def tls_ready(self, conn: TlsConnection) -> None:
         """A handshake completed: the request head is due within client_header from now."""
         session = conn.handler
         assert isinstance(session, Session)  # from accept to close
         session.timer.reset(self.loop.now + self.config.timeouts.client_header)
 
-    def _tls_failed(self, conn: TlsConnection, reason: str) -> None:
+    def tls_failed(self, conn: TlsConnection, reason: str) -> None:
+        """A handshake failed or timed out, or a record was broken: counted and told."""
         self.stats.tls_errors += 1
         log.debug("TLS with %s:%d failed: %s", conn.peer_ip, conn.peer_port, reason)
         bus = self.bus
@@ -213,7 +212,7 @@ class Core:
             conn = Connection(self.loop, sock, peer)
             session = Session(self, listener, conn, self._next_session_id)
         else:
-            conn = TlsConnection(self.loop, sock, peer, tls)
+            conn = TlsConnection(self.loop, sock, peer, tls, self)
             session = Session(self, listener, conn, self._next_session_id)
             session.timer.cancel()  # the handshake has its own deadline; the head's follows it
         self.sessions[session.id] = session
