@@ -258,8 +258,10 @@ class TlsStream(Connection):
         recv = self._recv
         incoming = self.tls_in
         drained = False  # a short read: the kernel buffer is empty (see Connection.read)
+        # Records left over from a read that paused are delivered first.
+        buffered = bool(incoming.pending or self.tls.pending())
         while True:
-            if not self.handshaking and not self._deliver():
+            if buffered and not self.handshaking and not self._deliver():
                 return
             if drained:
                 return
@@ -275,6 +277,7 @@ class TlsStream(Connection):
                 return
             self.bytes_in += len(data)
             drained = len(data) < RECV_SIZE and not peer_closed
+            buffered = True
             if self.peer_done:
                 continue  # records past the peer's close_notify: nothing to decrypt
             incoming.write(data)
@@ -326,9 +329,32 @@ class TlsStream(Connection):
 
     # --- writing -------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        self.out.push(data)
-        if not self.writing and not self.handshaking:
-            self._write()
+        """Queue `data`; the common case (nothing pending, a response of one batch) is one
+        encryption and one `send` syscall."""
+        out = self.out
+        # Ciphertext left over means `writing`: EPOLLOUT is awaited.
+        if self.writing or self.handshaking or out.items or len(data) > TLS_CHUNK:
+            out.push(data)
+            if not self.writing and not self.handshaking:
+                self._write()
+            return
+        try:
+            self.tls.write(data)
+        except ssl.SSLError:
+            self.close()
+            return
+        cipher = self.tls_out.read()
+        try:
+            sent = self._send(cipher)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.bytes_out += sent
+        if sent < len(cipher):
+            self.cipher = memoryview(cipher)[sent:]
+            self._want_write()
 
     def send_body(self, head: bytes, body: bytes) -> None:
         out = self.out
