@@ -90,6 +90,7 @@ class RouteContext(Protocol):
     def route_state(self) -> RouteSwitches | None: ...  # set before the handler runs
 
     def stream(self, producer: Producer) -> None: ...
+    def send_response(self, response: Response) -> int: ...  # a streamed request's whole answer
     def start_body(
         self, response: Response, gzip_level: int | None = None, collect: bool = False
     ) -> BodyStream | None: ...

@@ -245,6 +245,7 @@ class ProxyStream:
         "tried",
         "upgrade",
         "waiting_body",
+        "whole_sent",
     )
 
     def __init__(self, ctx: RouteContext, request: Request, route: Route) -> None:
@@ -272,6 +273,7 @@ class ProxyStream:
         self.sent_at = 0.0  # when the request went to the current upstream
         self.tried: list[UpstreamState] = []
         self.body: BodyStream | None = None  # the client's response body, once streaming
+        self.whole_sent = 0  # body bytes of a response sent whole (no body stream)
         self.status = 0
         self.keep_alive = False  # the upstream keeps the connection after this response
         self.body_started = False  # request body bytes went to an upstream: no retry
@@ -451,6 +453,25 @@ class ProxyStream:
         self.status = status
         self.keep_alive = upstream.keep_alive
         response, gzip_level = self._client_response(upstream)
+        conn = self.conn
+        assert conn is not None
+        parser = conn.parser
+        if (
+            gzip_level is None
+            and upstream.framing == LENGTH
+            and (parser.buffered >= upstream.content_length)
+        ):
+            # The whole body came with the head (the usual small answer): it goes out as one
+            # Response, head and body in one send, without a body stream. The end of the
+            # message is the parser's next event.
+            if upstream.content_length:
+                event = parser.next_event()
+                assert type(event) is Data
+                response.body = event.data
+            else:
+                response.body = b""
+            self.whole_sent = ctx.send_response(response)
+            return
         self.body = ctx.start_body(response, gzip_level)
 
     def _switch(self, upstream: UpstreamResponse) -> None:
@@ -562,7 +583,7 @@ class ProxyStream:
     # --- ends -----------------------------------------------------------------------------------
     def _sent(self) -> int:
         body = self.body
-        return body.sent if body is not None else 0
+        return body.sent if body is not None else self.whole_sent
 
     def _finish(self) -> None:
         """The whole response is queued for the client."""

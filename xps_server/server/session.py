@@ -454,8 +454,12 @@ class Session:
 
     # --- responding -------------------------------------------------------------------------
     def respond(self, response: Response) -> None:
-        """Answer the current request with a whole `response`: the writer's head and the body
-        (bytes, or a file segment moved by sendfile; none for a HEAD request)."""
+        """Answer the current request with a whole `response` and account for it."""
+        self.finish(response.status, self.send_response(response))
+
+    def send_response(self, response: Response) -> int:
+        """Send a whole `response`: the writer's head and the body (bytes, or a file segment
+        moved by sendfile; none for a HEAD request). Returns the body bytes sent."""
         request = self.request
         head_only = request is not None and request.method == "HEAD"
         writer = self.core.writer
@@ -482,7 +486,7 @@ class Session:
         else:
             sent = body.count
             conn.send_file(writer.head(response, framing, keep_alive), body)
-        self.finish(response.status, sent)
+        return sent
 
     def start_body(
         self, response: Response, gzip_level: int | None = None, collect: bool = False
