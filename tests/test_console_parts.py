@@ -32,6 +32,8 @@ from xps_console.formatting import (
     open_connections,
     parse_duration,
     parse_target,
+    session_fields,
+    tls_cell,
     top_rows,
 )
 from xps_console.logs import LogBuffer
@@ -269,3 +271,20 @@ def test_numbers_keep_their_units_and_lines_their_kinds():
     (row,) = top_rows([{"ip": "10.0.0.1", "requests": 1520, "error_bound": 3}])
     assert str(row[1][1]) == "≈1,520"  # may be over-counted: said so
     assert dropped_line(603, ts=0).endswith("… 603 events dropped …")
+
+
+def test_tls_in_the_sessions_table_the_detail_view_and_the_log():
+    tls13 = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "shop.example"}
+    tls12 = {"version": "TLSv1.2", "cipher": "ECDHE-RSA-CHACHA20-POLY1305", "sni": None}
+    assert tls_cell(tls13) == "1.3 AES_256_GCM"
+    assert tls_cell(tls12) == "1.2 CHACHA20-POLY1305"
+    assert tls_cell({"version": None, "cipher": None, "sni": "x"}) == "handshake"
+    assert tls_cell(None) == "-"
+    assert dict(session_fields({"tls": tls13}))["TLS"] == (
+        "TLSv1.3, TLS_AES_256_GCM_SHA384, SNI shop.example"
+    )
+    assert dict(session_fields({"tls": tls12}))["TLS"].endswith(", no SNI")
+    assert dict(session_fields({"tls": None}))["TLS"] == "none (plain TCP)"
+    event = {"kind": "tls_error", "ts": 0, "session": 4, "client": "10.0.0.1", "reason": "x y"}
+    assert event_line(event).endswith(" tls      #4 10.0.0.1 x y")
+    assert event_kinds(event) == KIND_BITS["error"]

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.helpers import Client, free_port, read_until_close, wait_until
 from tests.test_control import LineClient
+from tests.test_tls import TlsClient, client_context, issue
 from xps_server.server.merge import merge_figures, merge_metrics, merge_top, merge_upstreams
 
 START_TIMEOUT = 20.0  # a worker is a new interpreter: on a busy machine it takes a while
@@ -29,7 +31,12 @@ class Fleet:
     """`xps-server` with `workers: 2` in a subprocess, its control socket at `socket_path`."""
 
     def __init__(
-        self, tmp_path: Path, site: Path, workers: int = 2, routes: list[dict] | None = None
+        self,
+        tmp_path: Path,
+        site: Path,
+        workers: int = 2,
+        routes: list[dict] | None = None,
+        tls: dict | None = None,
     ) -> None:
         self.port = free_port()
         self.socket_path = str(tmp_path / "xps.sock")
@@ -41,7 +48,9 @@ class Fleet:
             "state_file": str(self.state_path),
             "servers": [
                 {
-                    "listeners": [{"host": "127.0.0.1", "port": self.port}],
+                    "listeners": [
+                        {"host": "127.0.0.1", "port": self.port, **({"tls": tls} if tls else {})}
+                    ],
                     "routes": [
                         {"req_path": "/", "type": "file_serve", "dir_path": str(site)},
                         {"req_path": "/status", "type": "metrics"},
@@ -152,6 +161,35 @@ def test_two_worker_processes_serve_and_connections_land_on_both(fleet: Fleet) -
         if all(served.values()):
             break
     assert len(served) == 2 and all(served.values()), served
+
+
+def test_workers_serve_tls_and_a_key_they_could_not_load_stops_the_master(
+    tmp_path: Path, site: Path
+) -> None:
+    ca = trustme.CA()
+    tls = issue(ca, tmp_path, "site", "localhost")
+    fleet = Fleet(tmp_path, site, tls=tls)
+    try:
+        served: dict[int, int] = {}
+        for _ in range(400):
+            client = TlsClient(fleet.port, client_context(ca))
+            assert client.request("GET", "/hello.txt").body == b"hello world\n"
+            client.close()
+            served = {w: row["req_total"] for w, row in fleet.per_worker().items()}
+            if all(served.values()):
+                break
+        assert len(served) == 2 and all(served.values()), served
+    finally:
+        fleet.stop()
+    (tmp_path / "site.key").write_text("not a key")
+    done = subprocess.run(
+        [sys.executable, "-m", "xps_server", str(fleet.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "site.key" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_metrics_route_and_snapshot_sum_exactly_over_the_workers(fleet: Fleet) -> None:

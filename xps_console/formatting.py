@@ -174,6 +174,7 @@ SESSION_COLUMNS = (
     ("bytes_in", "In"),
     ("bytes_out", "Out"),
     ("age", "Age"),
+    ("tls", "TLS"),
     ("request", "Request"),  # free text last: on a narrow screen it is what scrolls off
 )
 
@@ -223,8 +224,25 @@ def session_cells(row: dict, fleet: bool = False) -> tuple:
         number(human_bytes(row.get("bytes_in", 0))),
         number(human_bytes(row.get("bytes_out", 0))),
         number(human_age(row.get("age", 0))),
+        tls_cell(row.get("tls")),
         clip(row.get("request") or ""),
     )
+
+
+def tls_cell(tls: object) -> str:
+    """A session's TLS in a few characters: "1.3 AES_256_GCM"; "-" in cleartext."""
+    if not isinstance(tls, dict):
+        return "-"
+    version = str(tls.get("version") or "")
+    if not version:
+        return "handshake"
+    cipher = str(tls.get("cipher") or "")
+    # The parts that tell ciphers apart: no TLS_ prefix, key exchange or MAC hash.
+    for prefix in ("TLS_", "ECDHE-ECDSA-", "ECDHE-RSA-", "DHE-RSA-"):
+        cipher = cipher.removeprefix(prefix)
+    for suffix in ("_SHA256", "_SHA384", "-SHA256", "-SHA384"):
+        cipher = cipher.removesuffix(suffix)
+    return f"{version.removeprefix('TLSv')} {cipher}".strip()
 
 
 def session_rows(rows: Iterable[dict], fleet: bool = False) -> list[Row]:
@@ -512,7 +530,12 @@ def session_fields(detail: dict) -> list[tuple[str, str]]:
         fields.append(("Last request", "none finished yet"))
     tls = detail.get("tls")
     if isinstance(tls, dict):
-        fields.append(("TLS", " ".join(f"{k}={v}" for k, v in tls.items())))
+        if tls.get("version"):
+            text = f"{tls.get('version')}, {tls.get('cipher') or '?'}"
+        else:
+            text = "handshake in progress"
+        sni = tls.get("sni")
+        fields.append(("TLS", f"{text}, SNI {sni}" if sni else f"{text}, no SNI"))
     else:
         fields.append(("TLS", "none (plain TCP)"))
     return fields
@@ -636,6 +659,7 @@ _LABELS = {
     "connection_refused": "refused",
     "request_finished": "request",
     "timeout": "timeout",
+    "tls_error": "tls",
     "acl_denied": "denied",
     "upstream_connected": "upstream",
     "upstream_failed": "upstream",
@@ -653,6 +677,7 @@ _LABEL_STYLES = {
     "close": "dim",
     "refused": "bold red",
     "timeout": "yellow",
+    "tls": "yellow",
     "denied": "bold red",
     "upstream": "blue",
     "health": "bold blue",
@@ -704,7 +729,7 @@ def event_kinds(event: dict) -> int:
         return bits
     if kind == "config_reloaded":
         return OPERATOR | (0 if event.get("ok") else ERROR)
-    if kind in ("timeout", "link_closed", "control_reply"):
+    if kind in ("timeout", "tls_error", "link_closed", "control_reply"):
         return ERROR
     if kind == "log":
         return ERROR if event.get("level") in ("ERROR", "CRITICAL") else 0
@@ -739,6 +764,8 @@ def event_message(event: dict) -> str:
         )
     if kind == "timeout":
         return f"#{get('session')} {get('client')} {get('phase')}"
+    if kind == "tls_error":
+        return f"#{get('session')} {get('client')} {get('reason')}"
     if kind == "acl_denied":
         return f"{get('client')} {get('path')} route {get('route')} ({get('reason')})"
     if kind == "upstream_connected":

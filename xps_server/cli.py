@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(config, grace=args.shutdown_timeout)
     try:
         server.start(signals=True)
+    except ConfigError as exc:  # a certificate or key that cannot be used
+        print(f"xps-server: invalid config {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"xps-server: cannot listen: {exc}", file=sys.stderr)
         return 1

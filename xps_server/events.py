@@ -83,6 +83,17 @@ class Timeout(Event):
 
 
 @dataclass(slots=True)
+class TlsError(Event):
+    """A TLS handshake that failed or timed out, or a broken record on an established
+    connection; the connection is closed."""
+
+    session: int
+    client: str
+    reason: str
+    kind = "tls_error"
+
+
+@dataclass(slots=True)
 class AclDenied(Event):
     client: str
     route: str

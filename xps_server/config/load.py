@@ -12,19 +12,23 @@ import json
 import math
 import os
 import re
+import ssl
 from dataclasses import fields
 from typing import Any, TypeGuard
 
 from .model import (
     LB_METHODS,
     REDIRECT_CODES,
+    REDIRECT_PLACEHOLDERS,
     ROUTE_TYPES,
+    TLS_VERSIONS,
     Config,
     Limits,
     Listener,
     Route,
     Server,
     Timeouts,
+    Tls,
     Upstream,
 )
 
@@ -44,8 +48,9 @@ _TOP_KEYS = frozenset(
         "servers",
     }
 )
-_SERVER_KEYS = frozenset({"listeners", "hostnames", "routes"})
-_LISTENER_KEYS = frozenset({"host", "port"})
+_SERVER_KEYS = frozenset({"listeners", "hostnames", "routes", "tls"})
+_LISTENER_KEYS = frozenset({"host", "port", "tls"})
+_TLS_KEYS = frozenset({"cert", "key", "min_version"})
 _UPSTREAM_KEYS = frozenset({"addr", "weight"})
 _ROUTE_TIMEOUT_KEYS = frozenset({"upstream_connect", "upstream_read"})
 _COMMON_ROUTE_KEYS = frozenset(
@@ -62,7 +67,9 @@ _COMMON_ROUTE_KEYS = frozenset(
 _TYPE_ROUTE_KEYS = {
     "file_serve": frozenset({"dir_path", "index", "dir_listing"}),
     "redirect": frozenset({"http_status_code", "redirect_url"}),
-    "reverse_proxy": frozenset({"upstreams", "lb_method", "max_fails", "fail_timeout", "timeouts"}),
+    "reverse_proxy": frozenset(
+        {"upstreams", "lb_method", "max_fails", "fail_timeout", "timeouts", "ca_file", "tls_verify"}
+    ),
     "metrics": frozenset(),
 }
 _ALL_ROUTE_KEYS = _COMMON_ROUTE_KEYS.union(*_TYPE_ROUTE_KEYS.values())
@@ -76,6 +83,7 @@ _HOSTNAME_RE = re.compile(
 # A Unix socket path lives in sockaddr_un.sun_path: 108 bytes including the final NUL.
 _MAX_UNIX_PATH_BYTES = 107
 _MISSING: Any = object()
+_PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
 
 
 class ConfigError(Exception):
@@ -205,12 +213,45 @@ def _address(text: str) -> tuple[str, int] | None:
     return (host, port) if 1 <= port <= 65535 else None
 
 
+def _check_cert_pair(cert: str, key: str) -> str | None:
+    """Why the certificate chain `cert` and its private key `key` cannot serve, or None."""
+
+    def no_passphrase() -> bytes:
+        raise ValueError  # an encrypted key would otherwise make OpenSSL prompt for one
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
+    except ValueError:
+        return f"the key {key} is encrypted: give an unencrypted key file"
+    except ssl.SSLError as exc:
+        # A reason code, else the message less its source line ("PEM lib (_ssl.c:3905)").
+        reason = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+        reason = re.sub(r" \(_ssl\.c:\d+\)$", "", reason)
+        return f"cannot use certificate {cert} with key {key}: {reason}"
+    except OSError as exc:
+        return f"cannot read {exc.filename or cert + ' or ' + key}: {exc.strerror or exc}"
+    return None
+
+
+def _check_ca_file(path: str) -> str | None:
+    """Why `path` is no usable CA bundle (PEM certificates), or None."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        return f"no CA certificate could be read from {path}: {exc.reason or exc}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
 class _Checker:
     """One validation pass: builds the model and collects problems instead of raising early."""
 
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
         self.problems: list[str] = []
+        # Certificate pairs already checked, with the problem found (None: usable).
+        self.cert_checks: dict[tuple[str, str], str | None] = {}
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -381,6 +422,8 @@ class _Checker:
                     numbered.append((i, server))
                     config.servers.append(server)
             self.check_shared_hostnames(numbered)
+            self.check_tls_ports(numbered)
+            self.check_https_upstreams(numbered)
 
     def timeouts(self, value: object) -> Timeouts:
         timeouts = Timeouts()
@@ -415,10 +458,16 @@ class _Checker:
             listener = self.listener(item, where)
             if listener is None:
                 continue
-            if listener in listeners:
+            if any((lst.host, lst.port) == (listener.host, listener.port) for lst in listeners):
                 self.problem(where, f"duplicate listener {listener.host}:{listener.port}")
             else:
                 listeners.append(listener)
+        tls = self.tls(data["tls"], _join(path, "tls")) if "tls" in data else None
+        if tls is not None and listeners and all(lst.tls is None for lst in listeners):
+            self.problem(
+                _join(path, "tls"),
+                'the server has no TLS listener: give one of its listeners a "tls" object',
+            )
 
         hostnames: list[str] = []
         for where, item in self.items(data, "hostnames", path):
@@ -440,7 +489,7 @@ class _Checker:
             else:
                 seen[route.req_path] = where
                 routes.append(route)
-        return Server(listeners, hostnames, routes)
+        return Server(listeners, hostnames, routes, tls)
 
     def listener(self, value: object, path: str) -> Listener | None:
         data = self.obj(value, path, _LISTENER_KEYS)
@@ -457,7 +506,72 @@ class _Checker:
             self.problem(_join(path, "port"), "required")
             return None
         port = self.integer(data, "port", path, 0, 1, 65535)
-        return Listener(host, port) if host is not None and port else None
+        tls = self.tls(data["tls"], _join(path, "tls")) if "tls" in data else None
+        return Listener(host, port, tls) if host is not None and port else None
+
+    def tls(self, value: object, path: str) -> Tls | None:
+        """A certificate chain and key that load together, and an optional min_version."""
+        data = self.obj(value, path, _TLS_KEYS)
+        if data is None:
+            return None
+        cert, key = (self.tls_file(data, name, path) for name in ("cert", "key"))
+        min_version = self.choice(data, "min_version", path, "TLSv1.2", TLS_VERSIONS)
+        if cert is None or key is None:
+            return None
+        problem = self.cert_checks.get((cert, key), _MISSING)
+        if problem is _MISSING:
+            problem = self.cert_checks[(cert, key)] = _check_cert_pair(cert, key)
+        if problem is not None:
+            self.problem(path, problem)
+            return None
+        return Tls(cert, key, min_version)
+
+    def tls_file(self, data: dict[str, Any], key: str, path: str) -> str | None:
+        """The absolute path of an existing file named by `key` (required)."""
+        where = _join(path, key)
+        if key not in data:
+            self.problem(where, "required")
+            return None
+        name = self.file_path(data[key], where)
+        if name is not None and not os.path.isfile(name):
+            self.problem(where, f"file not found: {name}")
+            return None
+        return name
+
+    def check_tls_ports(self, numbered: list[tuple[int, Server]]) -> None:
+        """One port speaks TLS or cleartext, whichever server names it."""
+        first: dict[tuple[str, int], tuple[bool, int]] = {}
+        for i, server in numbered:
+            for j, listener in enumerate(server.listeners):
+                secure = listener.tls is not None
+                key = (listener.host, listener.port)
+                other = first.setdefault(key, (secure, i))
+                if other[0] != secure:
+                    self.problem(
+                        f"servers[{i}].listeners[{j}]",
+                        f"{listener.host}:{listener.port} is "
+                        f"{'cleartext' if secure else 'TLS'} in servers[{other[1]}]: one port "
+                        "cannot mix TLS and cleartext",
+                    )
+
+    def check_https_upstreams(self, numbered: list[tuple[int, Server]]) -> None:
+        """Routes sharing an https upstream share its connections: they must agree on how its
+        certificate is verified."""
+        seen: dict[tuple[str, int], tuple[str | None, bool, str]] = {}
+        for i, server in numbered:
+            for j, route in enumerate(server.routes):
+                for upstream in route.upstreams:
+                    if not upstream.tls:
+                        continue
+                    mine = (route.ca_file, route.tls_verify)
+                    where = f"servers[{i}].routes[{j}]"
+                    other = seen.setdefault((upstream.host, upstream.port), (*mine, where))
+                    if other[:2] != mine:
+                        self.problem(
+                            where,
+                            f"https upstream {upstream.host}:{upstream.port} is verified "
+                            f"differently in {other[2]} (ca_file, tls_verify must match)",
+                        )
 
     def hostname(self, value: object, path: str) -> str | None:
         """A name to match Host against, in find_server's form.
@@ -610,7 +724,14 @@ class _Checker:
                 codes = ", ".join(map(str, REDIRECT_CODES))
                 self.expected(_join(path, "http_status_code"), f"one of {codes}", code)
         if self.required(data, "redirect_url", path, "redirect"):
-            route.redirect_url = self.text(data["redirect_url"], _join(path, "redirect_url")) or ""
+            where = _join(path, "redirect_url")
+            route.redirect_url = self.text(data["redirect_url"], where) or ""
+            for name in _PLACEHOLDER_RE.findall(route.redirect_url):
+                if name not in REDIRECT_PLACEHOLDERS:
+                    self.problem(
+                        where,
+                        f"unknown placeholder {name}: use " + " or ".join(REDIRECT_PLACEHOLDERS),
+                    )
 
     def reverse_proxy(self, data: dict[str, Any], path: str, route: Route) -> None:
         if self.required(data, "upstreams", path, "reverse_proxy"):
@@ -629,6 +750,23 @@ class _Checker:
             for key in ("upstream_connect", "upstream_read"):
                 if timeouts is not None and key in timeouts:
                     setattr(route, f"{key}_timeout", self.number(timeouts, key, where, 0.0))
+        route.tls_verify = self.boolean(data, "tls_verify", path, True)
+        if "ca_file" in data:
+            where = _join(path, "ca_file")
+            ca_file = self.file_path(data["ca_file"], where)
+            if ca_file is not None:
+                problem = _check_ca_file(ca_file)
+                if problem is None:
+                    route.ca_file = ca_file
+                else:
+                    self.problem(where, problem)
+        if (
+            ("ca_file" in data or "tls_verify" in data)
+            and route.upstreams
+            and not any(upstream.tls for upstream in route.upstreams)
+        ):
+            key = "ca_file" if "ca_file" in data else "tls_verify"
+            self.problem(_join(path, key), "applies to https:// upstreams only; none listed")
 
     def upstream(self, value: object, path: str) -> Upstream | None:
         weight = 1
@@ -645,8 +783,12 @@ class _Checker:
         if not isinstance(value, str):
             self.expected(path, "a string", value)
             return None
-        address = _address(value)
+        tls = value.startswith("https://")
+        text = value.removeprefix("https://") if tls else value
+        if tls and ":" not in text.rpartition("]")[2]:
+            text += ":443"
+        address = _address(text)
         if address is None:
-            self.expected(path, "'host:port'", value)
+            self.expected(path, "'https://host[:port]'" if tls else "'host:port'", value)
             return None
-        return Upstream(address[0], address[1], weight)
+        return Upstream(address[0], address[1], weight, tls)

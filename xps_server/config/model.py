@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 ROUTE_TYPES = ("file_serve", "redirect", "reverse_proxy", "metrics")
 LB_METHODS = ("round_robin", "least_conn", "ip_hash")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+REDIRECT_PLACEHOLDERS = ("{host}", "{uri}")
 
 
 @dataclass(slots=True)
@@ -24,6 +26,7 @@ class Timeouts:
     upstream_connect: float = 5.0
     upstream_read: float = 30.0
     tunnel: float = 3600.0  # an upgraded connection (WebSocket) with no byte moving either way
+    tls_handshake: float = 10.0
 
 
 @dataclass(slots=True)
@@ -37,11 +40,22 @@ class Limits:
 
 
 @dataclass(slots=True)
+class Tls:
+    """A certificate chain and its key (absolute paths), and the oldest TLS version allowed."""
+
+    cert: str
+    key: str
+    min_version: str = "TLSv1.2"
+
+
+@dataclass(slots=True)
 class Listener:
-    """An address to bind: an IP literal (IPv6 without brackets) or a host name, and a port."""
+    """An address to bind: an IP literal (IPv6 without brackets) or a host name, and a port;
+    with `tls`, clients there speak HTTPS."""
 
     host: str
     port: int
+    tls: Tls | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +65,7 @@ class Upstream:
     host: str
     port: int
     weight: int = 1
+    tls: bool = False  # an https:// upstream
 
 
 @dataclass(slots=True)
@@ -76,6 +91,8 @@ class Route:
     fail_timeout: float = 10.0
     upstream_connect_timeout: float | None = None  # None: use Timeouts.upstream_connect
     upstream_read_timeout: float | None = None  # None: use Timeouts.upstream_read
+    ca_file: str | None = None  # https upstreams: verify against this, not the system store
+    tls_verify: bool = True
     # every type
     gzip_enable: bool = False
     gzip_level: int = 6
@@ -91,6 +108,7 @@ class Server:
     listeners: list[Listener]
     hostnames: list[str] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    tls: Tls | None = None  # this server's certificate on its TLS listeners, chosen by SNI
     # Built from `routes` so that lookup is a few dict probes rather than a scan per request.
     route_map: dict[str, Route] = field(init=False, repr=False, compare=False)
 
@@ -125,3 +143,15 @@ class Config:
                 if not on_it or on_it[-1] is not server:
                     on_it.append(server)
         return shared
+
+    def listener_tls(self) -> dict[tuple[str, int], list[tuple[Server, Tls]]]:
+        """Each TLS (host, port), with each server on it and the `tls` its listener entry
+        names there, in config order (a server presents its own `tls` if it has one)."""
+        found: dict[tuple[str, int], list[tuple[Server, Tls]]] = {}
+        for server in self.servers:
+            for listener in server.listeners:
+                if listener.tls is not None:
+                    on_it = found.setdefault((listener.host, listener.port), [])
+                    if not on_it or on_it[-1][0] is not server:
+                        on_it.append((server, listener.tls))
+        return found

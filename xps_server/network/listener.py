@@ -10,11 +10,14 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from xps_server.core.loop import EPOLLIN, Loop
 from xps_server.core.throttle import LogThrottle
 from xps_server.network.connection import Peer
+
+if TYPE_CHECKING:
+    from xps_server.network.tls import TlsEndpoint
 
 log = logging.getLogger("xps.listener")
 
@@ -69,6 +72,7 @@ class Listener(Generic[_Server]):
         self.host = host
         self.port = port
         self.servers: list[_Server] = []
+        self.tls: TlsEndpoint | None = None  # when clients here speak TLS (the core sets it)
         self._on_accept = on_accept
         if sock is None:
             sock = listening_socket(host, port)

@@ -96,7 +96,9 @@ def _connection_options(value: str | None) -> frozenset[str]:
     return frozenset(t.strip(" \t") for t in value.split(",")) - {"", "close", "keep-alive"}
 
 
-def upstream_request_head(request: Request, client_ip: str, upgrade: str | None = None) -> bytes:
+def upstream_request_head(
+    request: Request, client_ip: str, upgrade: str | None = None, scheme: str = "http"
+) -> bytes:
     """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
     hop-by-hop fields and names with "_" dropped (as nginx does), X-Forwarded-For/-Proto/-Host
     set. Host and the body framing are written from what the parser decided, never copied: the
@@ -133,7 +135,7 @@ def upstream_request_head(request: Request, client_ip: str, upgrade: str | None 
     if upgrade is not None:
         add(f"Connection: upgrade\r\nUpgrade: {upgrade}\r\n")
     add(f"X-Forwarded-For: {client_ip}\r\n")
-    add("X-Forwarded-Proto: http\r\n")
+    add(f"X-Forwarded-Proto: {scheme}\r\n")
     if host:
         add(f"X-Forwarded-Host: {host}\r\n")
     add("\r\n")
@@ -271,7 +273,8 @@ class ProxyStream:
         self.read_timeout = timeouts.upstream_read if read is None else read
         # The protocols the request asks to switch to, when it may (routes.tunnel).
         self.upgrade = requested_upgrade(request) if "upgrade" in request.headers else None
-        self.head = upstream_request_head(request, ctx.conn.peer_ip, self.upgrade)
+        conn = ctx.conn
+        self.head = upstream_request_head(request, conn.peer_ip, self.upgrade, conn.scheme)
         self.phase = CONNECTING
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None

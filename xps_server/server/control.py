@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
-from xps_server.network.connection import Connection
+from xps_server.network.connection import Connection, TlsInfo
 from xps_server.server.commands import NUMBER, Arg, Command, CommandError
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ class SessionRow(TypedDict):
     bytes_in: int
     bytes_out: int
     age: float
+    tls: TlsInfo | None
 
 
 def session_row(session: Session, now: float) -> SessionRow:
@@ -110,6 +111,7 @@ def session_row(session: Session, now: float) -> SessionRow:
         "bytes_in": conn.bytes_in,
         "bytes_out": conn.bytes_out,
         "age": round(now - session.opened, 3),
+        "tls": conn.tls_info(),
     }
 
 
@@ -194,7 +196,6 @@ def _session(core: Core, args: dict[str, Any]) -> dict[str, Any]:
             "ago": round(now - session.last_done, 3),
         },
         "upstream": session.upstream or None,
-        "tls": None,
     }
 
 

@@ -11,9 +11,9 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xps_server.config import Config, ConfigError, load_config
+from xps_server.config import Config, ConfigError, Tls, load_config
 from xps_server.core.loop import Loop
 from xps_server.disk.file import FileCache
 from xps_server.disk.gzip import GzipCache
@@ -24,11 +24,13 @@ from xps_server.events import (
     ConnectionOpened,
     EventBus,
     RequestFinished,
+    TlsError,
 )
 from xps_server.http.writer import ResponseWriter
 from xps_server.network.connection import Connection, Peer
 from xps_server.network.listener import Listener
-from xps_server.network.upstream import UpstreamRegistry
+from xps_server.network.tls import TlsConnection, TlsEndpoint, TlsSetupError, server_context
+from xps_server.network.upstream import UpstreamRegistry, upstream_key
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
@@ -37,6 +39,9 @@ from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
 from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 log = logging.getLogger("xps.core")
 
@@ -88,10 +93,12 @@ class Core:
 
     # --- listeners --------------------------------------------------------------------------
     def start(self, sockets: Mapping[tuple[str, int], socket.socket] | None = None) -> None:
-        """Bind every listener of the config, or take the listening `sockets` given for them (a
-        worker's, bound by its master); raises OSError (nothing left bound) on failure."""
+        """Load the certificates and bind every listener of the config, or take the listening
+        `sockets` given for them (a worker's, bound by its master); raises ConfigError (a
+        certificate that cannot be used) or OSError (nothing left bound) on failure."""
+        tls = self.tls_endpoints(self.config)
         self.listeners = self._bind(self.config, {}, sockets or {})
-        self._serve(self.routing)
+        self._serve(self.routing, tls)
 
     def _bind(
         self,
@@ -116,10 +123,68 @@ class Core:
             raise
         return bound
 
-    def _serve(self, routing: Routing) -> None:
-        """Each listener answers with the views of the servers that share it."""
+    def _serve(self, routing: Routing, tls: dict[tuple[str, int], TlsEndpoint]) -> None:
+        """Each listener answers with the views of the servers that share it, and its
+        certificates on a TLS port."""
         for key, views in routing.listeners(self.config).items():
-            self.listeners[key].servers = views
+            listener = self.listeners[key]
+            listener.servers = views
+            listener.tls = tls.get(key)
+
+    def tls_endpoints(self, config: Config) -> dict[tuple[str, int], TlsEndpoint]:
+        """The certificates of each TLS listener of `config`, loaded now (before anything
+        changes, so a certificate that cannot be used leaves the running ones in service)."""
+        contexts: dict[tuple[str, str, str], SSLContext | None] = {}
+        problems: list[str] = []
+
+        def load(tls: Tls) -> SSLContext | None:
+            try:
+                return server_context(tls.cert, tls.key, tls.min_version)
+            except TlsSetupError as exc:
+                problems.append(f"tls: {exc}")
+                return None
+
+        endpoints: dict[tuple[str, int], TlsEndpoint] = {}
+        timeout = config.timeouts.tls_handshake
+        for key, servers in config.listener_tls().items():
+            # Its own default context per listener: that context's SNI callback is the
+            # listener's. Those SNI switches to are shared, each loaded once.
+            first = servers[0][1]
+            default = load(first)
+            by_name: dict[str, SSLContext | None] = {}
+            for server, listener_tls in servers:
+                tls = server.tls or listener_tls
+                if tls == first:
+                    context = default
+                else:
+                    cache_key = (tls.cert, tls.key, tls.min_version)
+                    if cache_key not in contexts:
+                        contexts[cache_key] = load(tls)
+                    context = contexts[cache_key]
+                for name in server.hostnames:
+                    by_name.setdefault(name, context)
+            usable = {name: ctx for name, ctx in by_name.items() if ctx is not None}
+            if default is not None and len(usable) == len(by_name):
+                endpoints[key] = TlsEndpoint(default, usable, timeout)
+        if problems:
+            raise ConfigError(list(dict.fromkeys(problems)))  # a file named twice: once
+        return endpoints
+
+    def tls_ready(self, conn: TlsConnection) -> None:
+        """A handshake completed: the request head is due within client_header from now."""
+        session = conn.handler
+        assert isinstance(session, Session)  # from accept to close
+        session.timer.reset(self.loop.now + self.config.timeouts.client_header)
+
+    def tls_failed(self, conn: TlsConnection, reason: str) -> None:
+        """A handshake failed or timed out, or a record was broken: counted and told."""
+        self.stats.tls_errors += 1
+        log.debug("TLS with %s:%d failed: %s", conn.peer_ip, conn.peer_port, reason)
+        bus = self.bus
+        if bus.active:
+            session = conn.handler
+            assert isinstance(session, Session)  # reported before the connection closes
+            bus.publish(TlsError(time.time(), session.id, conn.peer_ip, reason))
 
     def _configure(self, config: Config) -> Routing:
         """The routes of `config` with the state the server keeps for them: the upstreams and
@@ -156,8 +221,14 @@ class Core:
         stats.conn_accepted += 1
         stats.conn_current += 1
         self._next_session_id += 1
-        conn = Connection(self.loop, sock, peer)
-        session = Session(self, listener, conn, self._next_session_id)
+        tls = listener.tls
+        if tls is None:
+            conn = Connection(self.loop, sock, peer)
+            session = Session(self, listener, conn, self._next_session_id)
+        else:
+            conn = TlsConnection(self.loop, sock, peer, tls, self)
+            session = Session(self, listener, conn, self._next_session_id)
+            session.timer.cancel()  # the handshake has its own deadline; the head's follows it
         self.sessions[session.id] = session
         same_ip = self.sessions_by_ip.get(conn.peer_ip)
         if same_ip is None:
@@ -284,7 +355,7 @@ class Core:
                         "gzip": state.gzip_enable,
                         "ip_whitelist": list(route.ip_whitelist),
                         "ip_blacklist": list(route.ip_blacklist),
-                        "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
+                        "upstreams": [upstream_key(u.host, u.port, u.tls) for u in route.upstreams],
                         **(state.stats.summary(now) if state.stats is not None else {}),
                     }
                 )
@@ -363,14 +434,16 @@ class Core:
         return ok, message
 
     def apply(self, config: Config) -> None:
-        """Switch to `config`: new listeners bound first, then old ones closed."""
+        """Switch to `config`: certificates loaded and new listeners bound first, then old
+        ones closed. Established TLS connections keep the certificate they began with."""
+        tls = self.tls_endpoints(config)
         bound = self._bind(config, self.listeners)
         for key, listener in self.listeners.items():
             if key not in bound:
                 listener.close()
         self.listeners = bound
         self.reconfigure(config)
-        self._serve(self.routing)
+        self._serve(self.routing, tls)
 
     def reconfigure(self, config: Config) -> None:
         """Switch to `config` but for the listeners (`apply` binds them; a master has none)."""

@@ -156,10 +156,11 @@ class Master:
             state.bus = silent
         api = FleetAPI(self, core)
         try:
+            core.tls_endpoints(config)  # the workers load them: a bad one fails here first
             self.sockets = self._bind(config, {})
             path = config.control_socket
             self.control = ControlServer(core, api, path) if path else None
-        except OSError:
+        except (OSError, ConfigError):
             self._close_sockets(self.sockets, {})
             core.close()
             raise
@@ -491,6 +492,7 @@ class Master:
         try:
             data = read_config(path)
             config = config_from(data, path)
+            core.tls_endpoints(config)  # certificates the new workers could not load
             sockets = self._bind(config, self.sockets)
         except ConfigError as exc:
             self._reloaded(

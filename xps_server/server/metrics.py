@@ -41,6 +41,7 @@ class Stats:
         "res_time_peak",
         "res_time_total",
         "started",
+        "tls_errors",
         "traffic_recv_bytes",
         "traffic_send_bytes",
         "tunnels_current",
@@ -68,6 +69,7 @@ class Stats:
         self.gzip_responses = 0
         self.tunnels_current = 0  # upgraded connections (WebSocket) open now
         self.tunnels_total = 0
+        self.tls_errors = 0  # handshakes failed or timed out, broken records
 
     def record_response(self, status: int, elapsed: float) -> None:
         self.res_by_class[status // 100 if 100 <= status < 600 else 5] += 1
@@ -120,6 +122,7 @@ def snapshot(core: Core) -> dict[str, Any]:
         "traffic_total_recv_bytes": received,
         "acl_denied": stats.acl_denied,
         "conn_blocked": stats.conn_blocked,
+        "tls_errors": stats.tls_errors,
         "blocks_active": len(core.runtime.blocklist.entries),
         "gzip_responses": stats.gzip_responses,
         "tunnels_current": stats.tunnels_current,
@@ -175,6 +178,13 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
         "xps_connections_blocked_total",
         "counter",
         "Connections refused at accept by the global block list.",
+        1,
+    ),
+    (
+        "tls_errors",
+        "xps_tls_errors_total",
+        "counter",
+        "TLS handshakes failed or timed out, and broken TLS records.",
         1,
     ),
     ("req_current", "xps_requests_current", "gauge", "Requests in progress.", 1),

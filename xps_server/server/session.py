@@ -20,7 +20,6 @@ a tunnel (`routes.tunnel`) once the upstream agrees: the session stays listed, i
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -322,7 +321,7 @@ class Session:
             conn.close()
             return
         try:
-            conn.sock.shutdown(socket.SHUT_WR)
+            conn.shutdown_write()
         except OSError:
             conn.close()
             return
