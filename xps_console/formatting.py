@@ -286,6 +286,7 @@ ACL_COLUMNS = (
     ("route", "Route"),
     ("hits", "Hits"),
     ("expires", "Expires"),
+    ("reason", "Reason"),
 )
 
 _UPSTREAM_STYLES = {"up": "green", "down": "bold red", "draining": "yellow"}
@@ -396,12 +397,14 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
     for block in acl.get("blocks") or []:
         route = block.get("route")
         hits = block.get("hits")
+        reason = block.get("reason")  # what made it; None: an operator
         data = {
             "kind": "block",
             "cidr": block["cidr"],
             "route": route,
             "hits": hits,
             "expires": block_remaining(block, now),
+            "reason": reason,
         }
         cells = (
             styled("block", _ACL_STYLES["block"]),
@@ -409,13 +412,21 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
             route or "*",
             number("-" if hits is None else human_count(hits)),
             expiry(block, now),
+            styled(reason, "yellow") if reason else styled("operator", "dim"),
         )
         rows.append((f"block {route or '*'} {block['cidr']}", cells, data))
     for route in routes:
         for kind, key in (("allow", "ip_whitelist"), ("deny", "ip_blacklist")):
             for cidr in route.get(key) or []:
                 data = {"kind": kind, "cidr": cidr, "route": route["key"], "hits": None}
-                cells = (styled(kind, _ACL_STYLES[kind]), cidr, route["key"], number("-"), "config")
+                cells = (
+                    styled(kind, _ACL_STYLES[kind]),
+                    cidr,
+                    route["key"],
+                    number("-"),
+                    "config",
+                    styled("config", "dim"),
+                )
                 rows.append((f"{kind} {route['key']} {cidr}", cells, data))
     return rows
 
@@ -596,6 +607,8 @@ _LABELS = {
     "request_finished": "request",
     "timeout": "timeout",
     "acl_denied": "denied",
+    "rate_limited": "limited",
+    "auto_blocked": "autoblk",
     "upstream_connected": "upstream",
     "upstream_failed": "upstream",
     "upstream_health": "health",
@@ -613,6 +626,8 @@ _LABEL_STYLES = {
     "refused": "bold red",
     "timeout": "yellow",
     "denied": "bold red",
+    "limited": "yellow",
+    "autoblk": "bold red",
     "upstream": "blue",
     "health": "bold blue",
     "action": "bold magenta",
@@ -645,7 +660,7 @@ def event_kinds(event: dict) -> int:
     if kind == "request_finished":
         status = event.get("status")
         return REQUEST | (ERROR if isinstance(status, int) and status >= 500 else 0)
-    if kind in ("acl_denied", "connection_refused"):
+    if kind in ("acl_denied", "connection_refused", "rate_limited", "auto_blocked"):
         return ACL
     if kind == "upstream_failed":
         return UPSTREAM | ERROR
@@ -700,6 +715,15 @@ def event_message(event: dict) -> str:
         return f"#{get('session')} {get('client')} {get('phase')}"
     if kind == "acl_denied":
         return f"{get('client')} {get('path')} route {get('route')} ({get('reason')})"
+    if kind == "rate_limited":
+        count = get("count", 1)
+        times = f" {count} times" if count != 1 else ""
+        return f"{get('client')}{times} 429 on route {get('route')} (limit_{get('limit')})"
+    if kind == "auto_blocked":
+        return (
+            f"{get('client')} blocked for {human_age(get('seconds') or 0)}: {get('reason')} "
+            f"({get('closed', 0)} connections closed)"
+        )
     if kind == "upstream_connected":
         return f"{get('upstream')} connected"
     if kind == "upstream_failed":
