@@ -62,6 +62,7 @@ def test_refill_at_the_rate() -> None:
 
 def test_retry_after_is_whole_seconds_rounded_up() -> None:
     assert [retry_after(w) for w in (0.001, 0.5, 1.0, 1.001, 99.2)] == [1, 1, 1, 2, 100]
+    assert retry_after(float("inf")) == retry_after(1e300) == 86_400  # a rate of 5e-324/s
     limiter = RequestLimiter(rate=0.1, burst=0)
     limiter.admit("a", 0.0)
     assert retry_after(limiter.admit("a", 3.0)) == 7  # 10 s a request, 3 s gone
@@ -259,6 +260,42 @@ def test_config_errors_name_their_key_path() -> None:
         "allowlist[0]:",
     ):
         assert path in problems
+
+
+NUMBERS = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=NUMBERS, burst=NUMBERS, per_ip=NUMBERS)
+def test_limit_values(rate: object, burst: object, per_ip: object) -> None:
+    def number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    rate_ok = number(rate) and 0 < rate < float("inf")
+    burst_ok = number(burst) and isinstance(burst, int) and burst >= 0
+    per_ip_ok = number(per_ip) and isinstance(per_ip, int) and per_ip >= 1
+    route = {"limit_req": {"rate": rate, "burst": burst}, "limit_conn": {"per_ip": per_ip}}
+    try:
+        config = parse_config(_config(route), "/tmp")
+    except ConfigError as exc:
+        problems = exc.problems
+        assert not (rate_ok and burst_ok and per_ip_ok)
+        where = "servers[0].routes[0]."
+        assert any(p.startswith(where + "limit_req.rate:") for p in problems) == (not rate_ok)
+        assert any(p.startswith(where + "limit_req.burst:") for p in problems) == (not burst_ok)
+        assert any(p.startswith(where + "limit_conn.per_ip:") for p in problems) == (not per_ip_ok)
+        return
+    assert rate_ok and burst_ok and per_ip_ok
+    parsed = config.servers[0].routes[0]
+    assert parsed.limit_req is not None and parsed.limit_conn is not None
+    assert (parsed.limit_req.rate, parsed.limit_req.burst) == (rate, burst)
+    assert parsed.limit_conn.per_ip == per_ip
 
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -26,6 +26,7 @@ from collections import OrderedDict
 
 KEY_KINDS = ("ip", "ip/24")
 DEFAULT_MAX_KEYS = 100_000  # clients remembered per limiter before the LRU forgets
+MAX_RETRY_AFTER = 86_400  # seconds: a Retry-After never says more (a tiny rate's wait is huge)
 
 _V4MAPPED = b"\x00" * 10 + b"\xff\xff"
 
@@ -99,8 +100,8 @@ class RequestLimiter:
 
 
 def retry_after(wait: float) -> int:
-    """`Retry-After` seconds for a wait: rounded up, at least 1."""
-    return max(1, math.ceil(wait))
+    """`Retry-After` seconds for a wait: rounded up, at least 1, at most MAX_RETRY_AFTER."""
+    return max(1, math.ceil(min(wait, MAX_RETRY_AFTER)))
 
 
 class ConnCounter:
