@@ -150,6 +150,15 @@ def test_acl_rows_show_what_made_a_block():
     assert str(cells[5]) == data["reason"] == "auto: rate_limited 100/10s"
 
 
+def test_blocks_reply_in_words():
+    blocks = [{"cidr": "10.0.0.9/32", "reason": "auto: rate_limited 100/10s"},
+              {"cidr": "10.0.0.0/8", "reason": None}]  # fmt: skip
+    assert describe_reply("blocks", {}, {"ok": True, "result": blocks}) == (
+        "2 runtime blocks, 1 automatic (the ACL panel lists them)",
+        "information",
+    )
+
+
 def test_limit_events_in_the_log():
     limited = {"kind": "rate_limited", "ts": 0, "client": "10.0.0.1", "route": "/api",
                "limit": "req", "count": 12}  # fmt: skip

@@ -545,6 +545,10 @@ def describe_reply(command: str, args: dict, reply: dict) -> tuple[str, str]:
     if not reply.get("ok"):
         return f"{_what(command, args)} failed: {reply.get('error')}", "error"
     result = reply.get("result")
+    if command == "blocks" and isinstance(result, list):
+        automatic = sum(1 for block in result if isinstance(block, dict) and block.get("reason"))
+        text = f"{len(result)} runtime blocks, {automatic} automatic (the ACL panel lists them)"
+        return text, "information"
     result = result if isinstance(result, dict) else {}
     persisted = result.get("persisted", ...)
     saved = "" if persisted is ... else SAVED.get(persisted, "")
