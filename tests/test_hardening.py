@@ -7,6 +7,7 @@ max_connections, and one request getting one response when its body breaks after
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -184,6 +185,45 @@ def test_pipelined_requests_before_a_half_close_are_all_answered(start_server):
             data = read_until_close(sock)
         assert responses_in(data) == [200] * 3
     finally:
+        backend.stop()
+
+
+def test_bytes_pipelined_behind_a_proxied_request_wait_in_the_socket(start_server):
+    """While a proxied response is pending, the session holds at most about one head of what
+    the client pipelines: the rest stays in the socket, not in the server's memory."""
+    answer = threading.Event()
+
+    def slow(req: Req, conn: BackendConn) -> None:
+        answer.wait(30)
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    backend = Backend(slow)
+    try:
+        server = start_server(
+            [{"req_path": "/", "type": "reverse_proxy", "upstreams": [backend.addr]}]
+        )
+        with connect(server.port) as sock:
+            sock.sendall(GET)
+            wait_until(lambda: len(backend.requests) == 1)
+            sock.setblocking(False)
+            pushed = 0
+            chunk = b"x" * 65536
+            # Push until the kernel's buffers are full: the server has stopped reading.
+            with contextlib.suppress(BlockingIOError):
+                while pushed < 64 * 1024 * 1024:
+                    pushed += sock.send(chunk)
+
+            def buffered() -> tuple[int, bool]:
+                session = next(iter(server.core.sessions.values()))
+                return session.parser.buffered, session.conn.read_paused
+
+            held, paused = server.call(buffered)
+            assert paused
+            assert held <= 16384 + 65536  # one head's worth, plus the read that crossed it
+            assert pushed > 4 * held  # the rest waits in the socket buffers
+            answer.set()
+    finally:
+        answer.set()
         backend.stop()
 
 

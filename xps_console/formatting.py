@@ -177,7 +177,13 @@ SESSION_COLUMNS = (
     ("request", "Request"),  # free text last: on a narrow screen it is what scrolls off
 )
 
-STATE_STYLES = {"idle": "dim", "reading": "cyan", "writing": "green", "proxying": "magenta"}
+STATE_STYLES = {
+    "idle": "dim",
+    "reading": "cyan",
+    "writing": "green",
+    "proxying": "magenta",
+    "tunnel": "yellow",
+}
 
 
 def styled(text: str, style: str) -> Text:

@@ -75,7 +75,7 @@ class RequestFinished(Event):
 class Timeout(Event):
     session: int
     client: str
-    phase: str  # header, body, keep_alive, send, upstream_connect, upstream_read
+    phase: str  # header, body, keep_alive, send, upstream_connect, upstream_read, tunnel
     kind = "timeout"
 
 

@@ -25,6 +25,7 @@ class Timeouts:
     send: float = 30.0
     upstream_connect: float = 5.0
     upstream_read: float = 30.0
+    tunnel: float = 3600.0  # an upgraded connection (WebSocket) with no byte moving either way
 
 
 @dataclass(slots=True)

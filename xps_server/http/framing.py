@@ -272,6 +272,14 @@ class MessageParser(Generic[_Own]):
         """Bytes received but not yet consumed by an event."""
         return len(self._buf)
 
+    def take_rest(self) -> bytes:
+        """Take out what was received after the messages parsed so far: after a switch of
+        protocols (101) those bytes belong to the new protocol. The parser is done: it takes
+        nothing more, and next_event() raises."""
+        rest = bytes(self._buf)
+        self._fail(ParseError(400, "the connection switched protocols"))
+        return rest
+
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer; events come from next_event()."""
         if self._state == _FAILED:

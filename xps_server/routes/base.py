@@ -25,10 +25,14 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.output import BodyStream
     from xps_server.network.upstream import UpstreamRegistry
+    from xps_server.routes.tunnel import Tunnel
 
 
 class Counters(Protocol):
+    conn_timeout: int
     gzip_responses: int
+    tunnels_current: int
+    tunnels_total: int
 
 
 class Services(Protocol):
@@ -93,6 +97,12 @@ class RouteContext(Protocol):
     def stream_failed(self, status: int) -> None: ...
     def resume_body(self) -> None: ...
     def arm_timer(self) -> None: ...
+    # Protocol upgrades (routes.tunnel): the request asked for one; the upstream agreed (the
+    # connection is the tunnel's, and the bytes the client sent past the request come back);
+    # the tunnel closed the connection.
+    def expect_upgrade(self) -> None: ...
+    def switch_protocols(self, tunnel: Tunnel) -> bytes: ...
+    def tunnel_closed(self) -> None: ...
 
 
 class RouteHandler(Protocol):

@@ -17,6 +17,9 @@ What can go wrong, and what the client sees:
 - an upstream that breaks the protocol or closes mid-response: 502, or a closed connection.
 Failures (not a dead pooled connection) count toward the upstream's passive health.
 
+A GET that asks to upgrade (WebSocket) keeps its Connection and Upgrade; if the upstream
+answers 101 the two connections become a byte tunnel (`routes.tunnel`).
+
 On a route with gzip on, a 200 whose type is compressible (and that the upstream did not
 encode itself, nor mark `no-transform`, nor announce under 256 bytes) gets
 `Vary: Accept-Encoding`; when the client also accepts gzip the body goes through a
@@ -43,6 +46,7 @@ from xps_server.http.response_parser import Response as UpstreamResponse
 from xps_server.http.writer import LAST_CHUNK, RelayedResponse, Response, chunk
 from xps_server.network.connection import NO_HANDLER
 from xps_server.network.upstream import LocalConnectError
+from xps_server.routes.tunnel import open_tunnel, requested_upgrade
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -91,11 +95,12 @@ def _connection_options(value: str | None) -> frozenset[str]:
     return frozenset(t.strip(" \t") for t in value.split(",")) - {"", "close", "keep-alive"}
 
 
-def upstream_request_head(request: Request, client_ip: str) -> bytes:
+def upstream_request_head(request: Request, client_ip: str, upgrade: str | None = None) -> bytes:
     """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
     hop-by-hop fields and names with "_" dropped (as nginx does), X-Forwarded-For/-Proto/-Host
     set. Host and the body framing are written from what the parser decided, never copied: the
-    upstream sees the host we routed by and exactly the message length we read."""
+    upstream sees the host we routed by and exactly the message length we read. `upgrade`
+    (from `requested_upgrade`) keeps the request's Upgrade, with `Connection: upgrade`."""
     target = request.target
     if target[:1] != "/" and target != "*":
         target = request.path + ("?" + request.query if request.query else "")
@@ -121,6 +126,8 @@ def upstream_request_head(request: Request, client_ip: str) -> bytes:
         add(f"Content-Length: {request.content_length}\r\n")
     if forwarded_for:
         client_ip = f"{forwarded_for}, {client_ip}"
+    if upgrade is not None:
+        add(f"Connection: upgrade\r\nUpgrade: {upgrade}\r\n")
     add(f"X-Forwarded-For: {client_ip}\r\n")
     add("X-Forwarded-Proto: http\r\n")
     if host:
@@ -190,6 +197,8 @@ def _gzip_etag_line(response: UpstreamResponse) -> str:
 def serve_proxy(ctx: RouteContext, request: Request, route: Route, path: str) -> None:
     stream = ProxyStream(ctx, request, route)
     ctx.stream(stream)
+    if stream.upgrade is not None:
+        ctx.expect_upgrade()
     try:
         stream.dispatch(stream.head)
     except BaseException:
@@ -208,7 +217,8 @@ class ProxyStream:
     """One request's trip through an upstream: the session's producer, the upstream
     connection's handler. `phase` says where it is: CONNECTING → AWAITING_HEAD → STREAMING →
     DONE (a failed connect goes back to CONNECTING on the next upstream; a failure before the
-    head answers 502/504 in its place, one after it cuts the response short)."""
+    head answers 502/504 in its place, one after it cuts the response short; a 101 to an
+    upgrade request hands the upstream connection to a tunnel and is DONE)."""
 
     __slots__ = (
         "balancer",
@@ -231,6 +241,7 @@ class ProxyStream:
         "state",
         "status",
         "tried",
+        "upgrade",
         "waiting_body",
     )
 
@@ -249,7 +260,9 @@ class ProxyStream:
         read = route.upstream_read_timeout
         self.connect_timeout = timeouts.upstream_connect if connect is None else connect
         self.read_timeout = timeouts.upstream_read if read is None else read
-        self.head = upstream_request_head(request, ctx.conn.peer_ip)
+        # The protocols the request asks to switch to, when it may (routes.tunnel).
+        self.upgrade = requested_upgrade(request) if "upgrade" in request.headers else None
+        self.head = upstream_request_head(request, ctx.conn.peer_ip, self.upgrade)
         self.phase = CONNECTING
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None
@@ -421,9 +434,8 @@ class ProxyStream:
         status = upstream.status
         ctx = self.ctx
         if status < 200:
-            if status == 101:  # Upgrade is never forwarded, so it cannot be honoured
-                self._failed("101 Switching Protocols without an Upgrade")
-                self._give_up(502)
+            if status == 101:
+                self._switch(upstream)
             elif self.request.version == "1.1":
                 writer = ctx.core.writer
                 ctx.conn.send(writer.informational(status, upstream.reason, _fields(upstream)))
@@ -437,6 +449,36 @@ class ProxyStream:
         self.keep_alive = upstream.keep_alive
         response, gzip_level = self._client_response(upstream)
         self.body = ctx.start_body(response, gzip_level)
+
+    def _switch(self, upstream: UpstreamResponse) -> None:
+        """A 101: the connection becomes a tunnel, if the request asked for it and the
+        upstream says to what; otherwise the upstream is confused (502)."""
+        protocols = upstream.headers.get("upgrade")
+        if self.upgrade is None or not protocols:
+            self._failed("101 Switching Protocols to a request that did not ask for it")
+            self._give_up(502)
+            return
+        conn = self.conn
+        state = self.state
+        assert conn is not None and state is not None
+        if state.fails or state.down_until:
+            state.succeeded()
+        self._account(101)
+        self.phase = DONE
+        self.conn = None  # the tunnel's now, and with it the upstream's count of it in flight
+        headers = upstream.headers
+        writer = self.ctx.core.writer
+        head = b"".join(
+            (
+                writer.status_line(101, upstream.reason),
+                b"" if "server" in headers else writer.server_line,
+                b"" if "date" in headers else writer.date_line(),
+                _fields(upstream),
+                f"Connection: upgrade\r\nUpgrade: {protocols}\r\n\r\n".encode("latin-1"),
+            )
+        )
+        timeout = self.ctx.core.config.timeouts.tunnel
+        open_tunnel(self.ctx, conn, state, head, timeout)
 
     def _client_response(self, upstream: UpstreamResponse) -> tuple[Response, int | None]:
         """The upstream's status and fields minus hop-by-hop ones (with Vary, and rewritten

@@ -68,6 +68,8 @@ MAX_PENDING_REPLIES = 4096  # replies waiting for the disk before a connection s
 
 # --- snapshots ------------------------------------------------------------------------------
 def session_state(session: Session) -> str:
+    if session.tunnel is not None:
+        return "tunnel"
     if session.producer is not None:
         return "proxying"
     if session.conn.out.items:
@@ -95,6 +97,8 @@ class SessionRow(TypedDict):
 def session_row(session: Session, now: float) -> SessionRow:
     conn = session.conn
     request = session.request
+    if request is None and session.tunnel is not None:
+        request = session.last_request  # the request that upgraded
     return {
         "id": session.id,
         "client": f"{conn.peer_ip}:{conn.peer_port}",

@@ -314,7 +314,8 @@ class Core:
         self, cidr: str, route: str | None = None, seconds: float | None = None
     ) -> dict[str, Any]:
         """Block an address or CIDR globally (refused at accept, its open connections closed)
-        or on one route (403 there), for `seconds` or until unblocked; kept in state_file."""
+        or on one route (403 there, its tunnels there closed), for `seconds` or until
+        unblocked; kept in state_file."""
         return self.runtime.block(cidr, route, seconds)
 
     def unblock(self, cidr: str, route: str | None = None) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class Stats:
         "started",
         "traffic_recv_bytes",
         "traffic_send_bytes",
+        "tunnels_current",
+        "tunnels_total",
     )
 
     def __init__(self) -> None:
@@ -64,6 +66,8 @@ class Stats:
         self.acl_denied = 0  # requests answered 403 by a route's ACL or runtime block
         self.conn_blocked = 0  # connections refused at accept by the global block list
         self.gzip_responses = 0
+        self.tunnels_current = 0  # upgraded connections (WebSocket) open now
+        self.tunnels_total = 0
 
     def record_response(self, status: int, elapsed: float) -> None:
         self.res_by_class[status // 100 if 100 <= status < 600 else 5] += 1
@@ -118,6 +122,8 @@ def snapshot(core: Core) -> dict[str, Any]:
         "conn_blocked": stats.conn_blocked,
         "blocks_active": len(core.runtime.blocklist.entries),
         "gzip_responses": stats.gzip_responses,
+        "tunnels_current": stats.tunnels_current,
+        "tunnels_total": stats.tunnels_total,
         **core.limiting.snapshot(),
     }
     now = core.loop.now
@@ -206,6 +212,20 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
         1,
     ),
     ("gzip_responses", "xps_gzip_responses_total", "counter", "Responses sent gzip'ed.", 1),
+    (
+        "tunnels_current",
+        "xps_tunnels_current",
+        "gauge",
+        "Upgraded connections (WebSocket and other protocols) open now.",
+        1,
+    ),
+    (
+        "tunnels_total",
+        "xps_tunnels_total",
+        "counter",
+        "Connections upgraded (101 Switching Protocols) into tunnels.",
+        1,
+    ),
     ("gzip_cache_hits", "xps_gzip_cache_hits_total", "counter", "gzip cache hits.", 1),
     ("gzip_cache_misses", "xps_gzip_cache_misses_total", "counter", "gzip cache misses.", 1),
     (

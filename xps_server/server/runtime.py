@@ -6,12 +6,13 @@ The core exposes these as plain methods (`Core.block`, `unblock`, `blocks`, `set
 dicts; bad input raises `CommandError` with a message meant for the operator. Every change is
 applied at once and costs the same whatever the number of blocks: the block list changes
 incrementally, only the route a block names gets a new access check, a global block closes
-that address's open connections through the core's index of sessions by client address, and
-a drained upstream is taken out of rotation. The state file is written off the loop thread
-(`StateWriter`: one snapshot per write, one fsync for any number of changes);
-`when_durable` tells a caller once the state as it is now is on disk, which is what a
-command's `persisted` reports. The state is read back when the core starts and reapplied on
-every reload, so blocks, toggles and drains survive a restart or a crash.
+that address's open connections (a block on a route, its tunnels on that route) through the
+core's index of sessions by client address, and a drained upstream is taken out of rotation.
+The state file is written off the loop thread (`StateWriter`: one snapshot per write, one
+fsync for any number of changes); `when_durable` tells a caller once the state as it is now
+is on disk, which is what a command's `persisted` reports. The state is read back when the
+core starts and reapplied on every reload, so blocks, toggles and drains survive a restart or
+a crash.
 
 At start, temporary files a crashed write left beside the state file (``<state_file>.<pid>.tmp``)
 are removed, and a state file that cannot be read or decoded is kept aside as
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from xps_server.config import Config
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, Routing
+    from xps_server.server.session import Session
 
 log = logging.getLogger("xps.runtime")
 
@@ -134,9 +136,7 @@ class Runtime:
             expires_at = time.time() + seconds
         if self.blocklist.add(network, key, expires_at, reason):
             self._blocks_changed(key)
-        closed = 0
-        if key is None:
-            closed = self._close_connections(network)
+        closed = self._close_connections(network, key)
         log.info(
             "blocked %s %s%s (%d connections closed)%s",
             network,
@@ -179,10 +179,12 @@ class Runtime:
     def blocks(self) -> list[dict[str, Any]]:
         return self.blocklist.listing(time.time())
 
-    def _close_connections(self, network: str) -> int:
-        """Close the open connections of clients in `network`. One address is a dict probe per
-        way accept() spells it (IPv4-mapped on a dual-stack listener); a wider block checks
-        each distinct client address once, never every session."""
+    def _close_connections(self, network: str, route: str | None) -> int:
+        """Close the open connections of clients in `network`: all of them for a global block;
+        for a block on `route`, their tunnels on it (a tunnel makes no further request that
+        the block could refuse). One address is a dict probe per way accept() spells it
+        (IPv4-mapped on a dual-stack listener); a wider block checks each distinct client
+        address once, never every session."""
         by_ip = self.core.sessions_by_ip
         net = parse_network(network)
         if net.prefixlen == net.max_prefixlen:
@@ -191,6 +193,8 @@ class Runtime:
             matcher = NetSet([net])
             groups = [group for ip, group in by_ip.items() if matcher.contains_ip(ip)]
         doomed = [session for group in groups if group for session in group.values()]
+        if route is not None:
+            doomed = [s for s in doomed if s.tunnel is not None and _on_route(s, route)]
         for session in doomed:
             session.conn.close()  # leaves the index through Core.session_closed
         return len(doomed)
@@ -397,6 +401,11 @@ def _set_aside(path: str, problem: str) -> None:
             path,
             aside,
         )
+
+
+def _on_route(session: Session, route: str) -> bool:
+    state = session.route_state
+    return state is not None and state.key == route
 
 
 _NONE: Any = object()

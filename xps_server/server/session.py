@@ -11,6 +11,10 @@ answered (local routes answer at the head) gets no second one: the connection cl
 session closes while the client may still be sending, it closes lingering, as nginx does: our
 side is shut, what still arrives is read and dropped for a few seconds, so the client's kernel
 does not answer our last response with a reset that destroys it unread.
+
+A request that switches protocols (a WebSocket through a proxy route) hands the connection to
+a tunnel (`routes.tunnel`) once the upstream agrees: the session stays listed, in state
+`tunnel`, until the tunnel closes the connection.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
     from xps_server.policy.limits import ConnCounter
+    from xps_server.routes.tunnel import Tunnel
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, ServerView
     from xps_server.traffic import TrafficStats
@@ -89,6 +94,8 @@ class Session:
         "top_refused",
         "top_requests",
         "top_sent",
+        "tunnel",
+        "upgrading",
         "upstream",
     )
 
@@ -136,6 +143,10 @@ class Session:
         self.linger_on_close = False  # the client may still be sending when we close
         self.lingering = False
         self.linger_until = 0.0
+        # A request asked to switch protocols and waits for the upstream's answer; the tunnel
+        # the connection became once it agreed (routes.tunnel).
+        self.upgrading = False
+        self.tunnel: Tunnel | None = None
         self.timer = core.loop.timer(self.on_timeout)
         # A fresh connection must send its head within client_header, as in nginx.
         self.timer.reset(core.loop.now + core.config.timeouts.client_header)
@@ -197,7 +208,10 @@ class Session:
             conn.close()  # idle keep-alive, a stalled body, or a client too slow to read
 
     def drain(self) -> None:
-        """Shutdown: finish the response in flight, take no further request."""
+        """Shutdown: finish the response in flight, take no further request. A tunnel stays
+        until it ends or the grace does."""
+        if self.tunnel is not None:
+            return
         if self.producer is not None:
             self.close_after = True  # its request was handled before the drain: close after it
             return
@@ -228,7 +242,11 @@ class Session:
             producer = self.producer
             if producer is not None:
                 if self.body_done:
-                    break  # the response is still streaming: the next request waits
+                    # The response is still streaming: the next request waits, and what the
+                    # client pipelines meanwhile waits in the socket beyond one head's worth.
+                    if parser.buffered > parser.max_header_bytes:
+                        conn.pause_reading()
+                    break
                 if producer.body_full():
                     conn.pause_reading()
                     break
@@ -358,8 +376,31 @@ class Session:
                 self._close()
             return
         self.process()
-        if conn.read_paused and not conn.out.full() and not conn.closed:
+        if conn.read_paused and not conn.out.full() and not conn.closed and not self.upgrading:
             conn.resume_reading()
+
+    def expect_upgrade(self) -> None:
+        """The request asks to switch protocols: what the client sends after it is not HTTP,
+        so nothing more is read until the upstream answers, and the connection closes after
+        any answer but a 101 (as it may hold bytes of another protocol)."""
+        self.upgrading = True
+        self.close_after = True
+        self.conn.pause_reading()
+
+    def switch_protocols(self, tunnel: Tunnel) -> bytes:
+        """The upstream switched protocols: the request is done (101) and the connection is
+        `tunnel`'s from now on. Returns what the client sent after the request, unparsed."""
+        self.upgrading = False
+        self.producer = None
+        self.tunnel = tunnel
+        self.timer.cancel()  # the tunnel's own timer watches the connection
+        self.finish(101, 0)
+        return self.parser.take_rest()
+
+    def tunnel_closed(self) -> None:
+        """The tunnel closed the connection: the session ends with it."""
+        self.timer.close()
+        self.core.session_closed(self)
 
     def resume_body(self) -> None:
         """The producer can take request body again."""
