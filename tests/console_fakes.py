@@ -64,7 +64,7 @@ SNAPSHOT = {
     ],
     "acl": {"blocks": [
         {"cidr": "203.0.113.7/32", "route": None, "expires_at": NOW + 600,
-         "expires_in": 600.0, "hits": 603},
+         "expires_in": 600.0, "hits": 603, "reason": "auto: rate_limited 100/10s"},
         {"cidr": "198.51.100.0/24", "route": "/api", "expires_at": None, "expires_in": None,
          "hits": 0},
     ], "routes": []},

@@ -345,6 +345,7 @@ ACL_COLUMNS = (
     ("route", "Route"),
     ("hits", "Hits"),
     ("expires", "Expires"),
+    ("reason", "Reason"),
 )
 
 _UPSTREAM_STYLES = {"up": "green", "down": "bold red", "draining": "yellow"}
@@ -455,12 +456,14 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
     for block in acl.get("blocks") or []:
         route = block.get("route")
         hits = block.get("hits")
+        reason = block.get("reason")  # what made it; None: an operator
         data = {
             "kind": "block",
             "cidr": block["cidr"],
             "route": route,
             "hits": hits,
             "expires": block_remaining(block, now),
+            "reason": reason,
         }
         cells = (
             styled("block", _ACL_STYLES["block"]),
@@ -468,13 +471,21 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
             route or "*",
             number("-" if hits is None else human_count(hits)),
             expiry(block, now),
+            styled(reason, "yellow") if reason else styled("operator", "dim"),
         )
         rows.append((f"block {route or '*'} {block['cidr']}", cells, data))
     for route in routes:
         for kind, key in (("allow", "ip_whitelist"), ("deny", "ip_blacklist")):
             for cidr in route.get(key) or []:
                 data = {"kind": kind, "cidr": cidr, "route": route["key"], "hits": None}
-                cells = (styled(kind, _ACL_STYLES[kind]), cidr, route["key"], number("-"), "config")
+                cells = (
+                    styled(kind, _ACL_STYLES[kind]),
+                    cidr,
+                    route["key"],
+                    number("-"),
+                    "config",
+                    styled("config", "dim"),
+                )
                 rows.append((f"{kind} {route['key']} {cidr}", cells, data))
     return rows
 
@@ -598,6 +609,10 @@ def describe_reply(command: str, args: dict, reply: dict) -> tuple[str, str]:
     if not reply.get("ok"):
         return f"{_what(command, args)} failed: {reply.get('error')}", "error"
     result = reply.get("result")
+    if command == "blocks" and isinstance(result, list):
+        automatic = sum(1 for block in result if isinstance(block, dict) and block.get("reason"))
+        text = f"{len(result)} runtime blocks, {automatic} automatic (the ACL panel lists them)"
+        return text, "information"
     result = result if isinstance(result, dict) else {}
     persisted = result.get("persisted", ...)
     saved = "" if persisted is ... else SAVED.get(persisted, "")
@@ -661,6 +676,8 @@ _LABELS = {
     "timeout": "timeout",
     "tls_error": "tls",
     "acl_denied": "denied",
+    "rate_limited": "limited",
+    "auto_blocked": "autoblk",
     "upstream_connected": "upstream",
     "upstream_failed": "upstream",
     "upstream_health": "health",
@@ -679,6 +696,8 @@ _LABEL_STYLES = {
     "timeout": "yellow",
     "tls": "yellow",
     "denied": "bold red",
+    "limited": "yellow",
+    "autoblk": "bold red",
     "upstream": "blue",
     "health": "bold blue",
     "action": "bold magenta",
@@ -711,7 +730,7 @@ def event_kinds(event: dict) -> int:
     if kind == "request_finished":
         status = event.get("status")
         return REQUEST | (ERROR if isinstance(status, int) and status >= 500 else 0)
-    if kind in ("acl_denied", "connection_refused"):
+    if kind in ("acl_denied", "connection_refused", "rate_limited", "auto_blocked"):
         return ACL
     if kind == "upstream_failed":
         return UPSTREAM | ERROR
@@ -768,6 +787,15 @@ def event_message(event: dict) -> str:
         return f"#{get('session')} {get('client')} {get('reason')}"
     if kind == "acl_denied":
         return f"{get('client')} {get('path')} route {get('route')} ({get('reason')})"
+    if kind == "rate_limited":
+        count = get("count", 1)
+        times = f" {count} times" if count != 1 else ""
+        return f"{get('client')}{times} 429 on route {get('route')} (limit_{get('limit')})"
+    if kind == "auto_blocked":
+        return (
+            f"{get('client')} blocked for {human_age(get('seconds') or 0)}: {get('reason')} "
+            f"({get('closed', 0)} connections closed)"
+        )
     if kind == "upstream_connected":
         return f"{get('upstream')} connected"
     if kind == "upstream_failed":

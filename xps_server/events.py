@@ -114,6 +114,30 @@ class ConnectionRefused(Event):
 
 
 @dataclass(slots=True)
+class RateLimited(Event):
+    """Requests from `client` answered 429 by a route's `limit` ("req" or "conn") (rate-limited:
+    one event per address per second; `count` rejections since the address's previous event)."""
+
+    client: str
+    route: str
+    limit: str
+    count: int
+    kind = "rate_limited"
+
+
+@dataclass(slots=True)
+class AutoBlocked(Event):
+    """`client` crossed an `auto_block` rule and is blocked everywhere for `seconds`."""
+
+    client: str
+    cidr: str
+    seconds: float
+    reason: str  # the rule, e.g. "auto: rate_limited 100/10s"
+    closed: int  # its connections closed
+    kind = "auto_blocked"
+
+
+@dataclass(slots=True)
 class UpstreamConnected(Event):
     upstream: str
     kind = "upstream_connected"

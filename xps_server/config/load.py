@@ -17,12 +17,17 @@ from dataclasses import fields
 from typing import Any, TypeGuard
 
 from .model import (
+    AUTO_BLOCK_EVENTS,
     LB_METHODS,
+    LIMIT_KEYS,
     REDIRECT_CODES,
     REDIRECT_PLACEHOLDERS,
     ROUTE_TYPES,
     TLS_VERSIONS,
+    AutoBlockRule,
     Config,
+    LimitConn,
+    LimitReq,
     Limits,
     Listener,
     Route,
@@ -31,6 +36,7 @@ from .model import (
     Tls,
     Upstream,
 )
+from .routes import route_key
 
 MAX_WORKERS = 1024  # worker processes a config may ask for
 
@@ -46,6 +52,8 @@ _TOP_KEYS = frozenset(
         "timeouts",
         "limits",
         "servers",
+        "auto_block",
+        "allowlist",
     }
 )
 _SERVER_KEYS = frozenset({"listeners", "hostnames", "routes", "tls"})
@@ -62,8 +70,16 @@ _COMMON_ROUTE_KEYS = frozenset(
         "gzip_mime_types",
         "ip_whitelist",
         "ip_blacklist",
+        "limit_req",
+        "limit_conn",
     }
 )
+_LIMIT_REQ_KEYS = frozenset({"rate", "burst", "key"})
+_LIMIT_CONN_KEYS = frozenset({"per_ip"})
+_AUTO_BLOCK_KEYS = frozenset({"when", "count", "window", "block", "route"})
+# A block duration: seconds, or a number with a unit ("30s", "10m", "1h", "1d").
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])", re.ASCII)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TYPE_ROUTE_KEYS = {
     "file_serve": frozenset({"dir_path", "index", "dir_listing"}),
     "redirect": frozenset({"http_status_code", "redirect_url"}),
@@ -424,6 +440,14 @@ class _Checker:
             self.check_shared_hostnames(numbered)
             self.check_tls_ports(numbered)
             self.check_https_upstreams(numbered)
+        for where, item in self.items(top, "allowlist", ""):
+            network = self.network(item, where)
+            if network is not None:
+                config.allowlist.append(network)
+        for where, item in self.items(top, "auto_block", ""):
+            rule = self.auto_block(item, where, config)
+            if rule is not None:
+                config.auto_block.append(rule)
 
     def timeouts(self, value: object) -> Timeouts:
         timeouts = Timeouts()
@@ -682,13 +706,99 @@ class _Checker:
         for key in ("ip_whitelist", "ip_blacklist"):
             networks: list[str] = getattr(route, key)
             for where, item in self.items(data, key, path):
-                text = self.text(item, where)
-                if text is None:
-                    continue
-                try:
-                    networks.append(str(ipaddress.ip_network(text, strict=False)))
-                except ValueError:
-                    self.expected(where, "an IP address or CIDR block", text)
+                network = self.network(item, where)
+                if network is not None:
+                    networks.append(network)
+        if "limit_req" in data:
+            route.limit_req = self.limit_req(data["limit_req"], _join(path, "limit_req"))
+        if "limit_conn" in data:
+            route.limit_conn = self.limit_conn(data["limit_conn"], _join(path, "limit_conn"))
+
+    def network(self, value: object, where: str) -> str | None:
+        """An IP address or CIDR block, in canonical form."""
+        text = self.text(value, where)
+        if text is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            self.expected(where, "an IP address or CIDR block", text)
+            return None
+
+    def limit_req(self, value: object, path: str) -> LimitReq | None:
+        data = self.obj(value, path, _LIMIT_REQ_KEYS)
+        if data is None:
+            return None
+        if "rate" not in data:
+            self.problem(_join(path, "rate"), "required")
+            return None
+        rate = self.number(data, "rate", path, 0.0)
+        burst = self.integer(data, "burst", path, 0, 0)
+        key = self.choice(data, "key", path, "ip", LIMIT_KEYS)
+        return LimitReq(rate, burst, key) if rate else None
+
+    def limit_conn(self, value: object, path: str) -> LimitConn | None:
+        data = self.obj(value, path, _LIMIT_CONN_KEYS)
+        if data is None:
+            return None
+        if "per_ip" not in data:
+            self.problem(_join(path, "per_ip"), "required")
+            return None
+        per_ip = self.integer(data, "per_ip", path, 0, 1)
+        return LimitConn(per_ip) if per_ip else None
+
+    def auto_block(self, value: object, path: str, config: Config) -> AutoBlockRule | None:
+        data = self.obj(value, path, _AUTO_BLOCK_KEYS)
+        if data is None:
+            return None
+        missing = [key for key in ("when", "count", "window", "block") if key not in data]
+        for key in missing:
+            self.problem(_join(path, key), "required")
+        when = self.choice(data, "when", path, "", AUTO_BLOCK_EVENTS)
+        count = self.integer(data, "count", path, 0, 1)
+        window = self.number(data, "window", path, 0.0)
+        block = self.duration(data.get("block"), _join(path, "block")) if "block" in data else 0
+        route = None
+        if "route" in data:
+            route = self.rule_route(data["route"], _join(path, "route"), config)
+            if route is None:
+                return None
+        if missing or not (when and count and window and block):
+            return None
+        return AutoBlockRule(when, count, window, block, route)
+
+    def duration(self, value: object, where: str) -> float:
+        """Seconds > 0: a number, or a string such as "30s", "10m", "1h", "1d"; 0 if bad."""
+        seconds: float = 0.0
+        if _is_number(value):
+            try:
+                seconds = float(value)
+            except OverflowError:
+                seconds = math.inf
+        elif isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
+            seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+        if seconds > 0 and math.isfinite(seconds):
+            return seconds
+        self.expected(where, 'a duration > 0 such as 30, "30s", "10m", "1h" or "1d"', value)
+        return 0.0
+
+    def rule_route(self, value: object, where: str, config: Config) -> str | None:
+        """The key of the route an auto_block rule watches: "/login" (servers[0]) or
+        "N:/login" (servers[N]), naming a configured route."""
+        text = self.text(value, where)
+        if text is None:
+            return None
+        index = 0
+        head, sep, rest = text.partition(":")
+        if sep and head.isascii() and head.isdigit():
+            index, text = int(head), rest
+        if len(text) > 1 and text.endswith("/"):
+            text = text[:-1]
+        servers = config.servers
+        if index < len(servers) and text in servers[index].route_map:
+            return route_key(index, text)
+        self.expected(where, "the req_path of a configured route ('/login' or '1:/login')", value)
+        return None
 
     def file_serve(self, data: dict[str, Any], path: str, route: Route) -> None:
         if self.required(data, "dir_path", path, "file_serve"):

@@ -13,6 +13,8 @@ LB_METHODS = ("round_robin", "least_conn", "ip_hash")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 REDIRECT_PLACEHOLDERS = ("{host}", "{uri}")
+LIMIT_KEYS = ("ip", "ip/24")
+AUTO_BLOCK_EVENTS = ("rate_limited", "status_4xx", "status_5xx")
 
 
 @dataclass(slots=True)
@@ -69,6 +71,41 @@ class Upstream:
 
 
 @dataclass(slots=True)
+class LimitReq:
+    """A route's `limit_req`: nginx's leaky bucket (requests per second, burst without delay),
+    one bucket per client address ("ip") or per IPv4 /24 / IPv6 /64 ("ip/24")."""
+
+    rate: float
+    burst: int = 0
+    key: str = "ip"
+
+
+@dataclass(slots=True)
+class LimitConn:
+    """A route's `limit_conn`: connections per client address that have sent it a request."""
+
+    per_ip: int
+
+
+@dataclass(slots=True)
+class AutoBlockRule:
+    """An `auto_block` rule: `count` events of kind `when` from one client within `window`
+    seconds (on the route keyed `route`, or any) block that client globally for `block` s."""
+
+    when: str
+    count: int
+    window: float
+    block: float
+    route: str | None = None  # a route key, as `route_key` makes it
+
+    @property
+    def reason(self) -> str:
+        """What a block made by this rule records, e.g. "auto: rate_limited 100/10s"."""
+        where = "" if self.route is None else f" on {self.route}"
+        return f"auto: {self.when} {self.count}/{self.window:g}s{where}"
+
+
+@dataclass(slots=True)
 class Route:
     """One `req_path` prefix and what to do with it.
 
@@ -99,6 +136,8 @@ class Route:
     gzip_mime_types: list[str] = field(default_factory=list)
     ip_whitelist: list[str] = field(default_factory=list)
     ip_blacklist: list[str] = field(default_factory=list)
+    limit_req: LimitReq | None = None
+    limit_conn: LimitConn | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +170,8 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     servers: list[Server] = field(default_factory=list)
+    auto_block: list[AutoBlockRule] = field(default_factory=list)
+    allowlist: list[str] = field(default_factory=list)  # CIDRs never blocked automatically
 
     def listeners(self) -> dict[tuple[str, int], list[Server]]:
         """Each distinct (host, port) to bind, with the servers sharing it in config order."""

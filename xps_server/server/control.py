@@ -203,6 +203,10 @@ def _block(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.block(args["cidr"], route=args["route"], seconds=args["seconds"]))
 
 
+def _blocks(core: Core, args: dict[str, Any]) -> Any:
+    return core.blocks()
+
+
 def _unblock(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.unblock(args["cidr"], route=args["route"]))
 
@@ -313,6 +317,11 @@ COMMANDS: dict[str, Command] = {
             ),
             mutating=True,
             persisted=True,
+        ),
+        Command(
+            "blocks",
+            "the runtime blocks: address or CIDR, route, expiry, hits and reason (what made it)",
+            _blocks,
         ),
         Command(
             "unblock",

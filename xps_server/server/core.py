@@ -34,6 +34,7 @@ from xps_server.network.upstream import UpstreamRegistry, upstream_key
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
+from xps_server.server.limiting import Limiting
 from xps_server.server.metrics import Stats, prometheus, snapshot
 from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
@@ -73,6 +74,8 @@ class Core:
         # here too because every request records into it.
         self.accounting = Accounting(self.loop, self.bus)
         self.top: TopTalkers | None = None
+        # Rate and connection limits per route, and the automatic blocks.
+        self.limiting = Limiting(self)
         self.routing = self._configure(config)
         self.listeners: dict[tuple[str, int], Listener[ServerView]] = {}
         self.sessions: dict[int, Session] = {}
@@ -197,6 +200,7 @@ class Core:
             if state.type == "reverse_proxy":
                 state.balancer = upstreams.balancer_for(state.route)
         self.accounting.configure(config, routing, upstreams)
+        self.limiting.configure(config, routing)
         self.top = self.accounting.top
         return routing
 
@@ -250,6 +254,8 @@ class Core:
         if self.sessions.pop(session.id, None) is not None:
             stats = self.stats
             stats.conn_current -= 1
+            if session.limits_counted is not None:
+                self.limiting.close_session(session)
             conn = session.conn
             same_ip = self.sessions_by_ip[conn.peer_ip]
             del same_ip[session.id]
@@ -285,6 +291,8 @@ class Core:
         route_stats = session.route_stats
         if route_stats is not None:
             route_stats.record(status, elapsed)
+        if status >= 400 and self.limiting.watch_status:
+            self.limiting.status(session, status)
         if self.top is not None:
             # Counted on the session (its requests it counts anyway); the accounting reports
             # them to the tracker once a second.

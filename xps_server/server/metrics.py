@@ -127,6 +127,7 @@ def snapshot(core: Core) -> dict[str, Any]:
         "gzip_responses": stats.gzip_responses,
         "tunnels_current": stats.tunnels_current,
         "tunnels_total": stats.tunnels_total,
+        **core.limiting.snapshot(),
     }
     now = core.loop.now
     data["routes"] = {key: stats.summary(now) for key, stats in core.accounting.routes.items()}
@@ -213,6 +214,13 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
     ),
     ("acl_denied", "xps_acl_denied_total", "counter", "Requests denied (403) by an ACL.", 1),
     ("blocks_active", "xps_blocks_active", "gauge", "Entries in the runtime block list.", 1),
+    (
+        "auto_blocks",
+        "xps_auto_blocks_total",
+        "counter",
+        "Blocks applied by auto_block rules.",
+        1,
+    ),
     ("gzip_responses", "xps_gzip_responses_total", "counter", "Responses sent gzip'ed.", 1),
     (
         "tunnels_current",
@@ -298,6 +306,16 @@ def prometheus(data: dict[str, Any], core: Core | None = None) -> str:
         f"xps_response_time_seconds_sum {_number(data['res_time_total_msec'] / 1000)}",
         f"xps_response_time_seconds_count {data['res_total']}",
     ]
+    limited = data.get("rate_limited_routes")
+    if limited:
+        name = "xps_rate_limited_total"
+        lines += [
+            f"# HELP {name} Requests answered 429 by a route's limit_req or limit_conn.",
+            f"# TYPE {name} counter",
+        ]
+        for route, counts in limited.items():
+            for limit in ("req", "conn"):
+                lines.append(f'{name}{{route="{_label(route)}",limit="{limit}"}} {counts[limit]}')
     if core is not None:
         routes = core.accounting.routes.items()
         upstreams = [(a, s.stats) for a, s in core.upstreams.items() if s.stats is not None]

@@ -124,7 +124,16 @@ class Runtime:
         return state.key, state
 
     # --- blocks -------------------------------------------------------------------------------
-    def block(self, cidr: object, route: object = None, seconds: object = None) -> dict[str, Any]:
+    def block(
+        self,
+        cidr: object,
+        route: object = None,
+        seconds: object = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Block `cidr` globally (route None) or on a route, for `seconds` or until unblocked;
+        `reason` says what made the block (None: the operator). Operators' commands and the
+        automatic blocks both come here."""
         network = _network(cidr)
         key = None if route is None else self.resolve(route)[0]
         expires_at = None
@@ -134,17 +143,30 @@ class Runtime:
             if not (math.isfinite(seconds) and seconds > 0):
                 raise CommandError(f"seconds must be a finite number > 0, got {seconds!r}")
             expires_at = time.time() + seconds
-        if self.blocklist.add(network, key, expires_at):
+        if self.blocklist.add(network, key, expires_at, reason):
             self._blocks_changed(key)
         closed = self._close_connections(network, key)
         log.info(
-            "blocked %s %s%s (%d connections closed)",
+            "blocked %s %s%s (%d connections closed)%s",
             network,
             "globally" if key is None else f"on route {key}",
             "" if seconds is None else f" for {seconds:g} s",
             closed,
+            "" if reason is None else f": {reason}",
         )
-        return {"cidr": network, "route": key, "expires_at": expires_at, "closed": closed}
+        return {
+            "cidr": network,
+            "route": key,
+            "expires_at": expires_at,
+            "closed": closed,
+            "reason": reason,
+        }
+
+    def outlasts(self, ip: str, seconds: float) -> bool:
+        """Whether a global block of exactly `ip` already lasts at least `seconds` more (an
+        automatic block must never shorten one, an operator's least of all)."""
+        at = self.blocklist.entries.get((None, _network(ip)), _NONE)
+        return at is None or (at is not _NONE and at >= time.time() + seconds)
 
     def unblock(self, cidr: object, route: object = None) -> dict[str, Any]:
         network = _network(cidr)
@@ -292,12 +314,18 @@ class Runtime:
         from copies taken now: the writer thread calls it, the loop only copies."""
         path = self.core.config.state_file
         blocks = list(self.blocklist.entries.items())
+        reasons = dict(self.blocklist.reasons)
         other = dict(self._other)  # sections of others are replaced whole, never changed
         gzip = dict(self.gzip_overrides)
         drained = sorted(self.drained)
 
         def build() -> dict[str, Any]:
-            return {**other, "blocks": BlockList.format(blocks), "gzip": gzip, "drained": drained}
+            return {
+                **other,
+                "blocks": BlockList.format(blocks, reasons),
+                "gzip": gzip,
+                "drained": drained,
+            }
 
         return path, build
 
@@ -391,6 +419,9 @@ def _set_aside(path: str, problem: str) -> None:
 def _on_route(session: Session, route: str) -> bool:
     state = session.route_state
     return state is not None and state.key == route
+
+
+_NONE: Any = object()
 
 
 def _network(cidr: object) -> str:

@@ -34,6 +34,7 @@ from xps_server.routes.base import Producer
 if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+    from xps_server.policy.limits import ConnCounter
     from xps_server.routes.tunnel import Tunnel
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, ServerView
@@ -71,6 +72,7 @@ class Session:
         "last_elapsed",
         "last_request",
         "last_status",
+        "limits_counted",
         "linger_on_close",
         "linger_until",
         "lingering",
@@ -89,6 +91,7 @@ class Session:
         "timer",
         "top_4xx",
         "top_5xx",
+        "top_limited",
         "top_pending",
         "top_refused",
         "top_requests",
@@ -117,6 +120,8 @@ class Session:
         self.route_state: RouteState | None = None  # the server's state of that route
         self.route_stats: TrafficStats | None = None  # that route's, when histograms are on
         self.upstream = ""  # the upstream of the latest proxied request
+        # The limit_conn counters this connection is counted in (None: none yet).
+        self.limits_counted: list[ConnCounter] | None = None
         # The latest finished request, for the operator's detail view.
         self.last_request: Request | None = None
         self.last_status = 0
@@ -129,6 +134,7 @@ class Session:
         self.top_refused = 0
         self.top_4xx = 0
         self.top_5xx = 0
+        self.top_limited = 0
         self.top_sent = 0  # conn.bytes_out when it was last told
         self.request: Request | None = None
         self.started = 0.0
@@ -444,6 +450,9 @@ class Session:
         access = state.access
         if access is not None and not access.allows(self.conn.peer_ip):
             core.deny(self, state, path)
+            return
+        limits = state.limits
+        if limits is not None and not limits.admit(self):
             return
         stats.req_by_type[state.type] += 1
         try:
