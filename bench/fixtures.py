@@ -3,6 +3,7 @@
 import gzip
 import os
 import random
+import subprocess
 from pathlib import Path
 
 KIB = 1024
@@ -44,3 +45,17 @@ def write_fixtures(docroot: Path) -> None:
     (docroot / "1m.bin").write_bytes(os.urandom(MIB))
     (docroot / "1m.txt").write_bytes(text)
     (docroot / "1m.txt.gz").write_bytes(gzip.compress(text, compresslevel=6, mtime=0))
+
+
+def write_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, as (cert, key),
+    made once per folder with the openssl tool; every server of the https cases uses it."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if cert.exists() and key.exists():
+        return cert, key
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    argv += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7"]
+    argv += ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -22,7 +22,7 @@ class LoadError(Exception):
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One load run against http://127.0.0.1:port/path."""
+    """One load run against SCHEME://127.0.0.1:port/path."""
 
     port: int
     path: str
@@ -30,6 +30,7 @@ class LoadSpec:
     connections: int
     duration: int
     cpu: int | None
+    scheme: str = "http"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _run_wrk(spec: LoadSpec, wrk: str) -> LoadResult:
     argv.append("--latency")
     for header in spec.headers:
         argv += ["-H", header]
-    argv.append(f"http://127.0.0.1:{spec.port}{spec.path}")
+    argv.append(f"{spec.scheme}://127.0.0.1:{spec.port}{spec.path}")
     return parse_wrk(_execute(spec, "wrk", argv))
 
 
@@ -114,6 +115,8 @@ def parse_wrk(output: str) -> LoadResult:
 
 
 def _run_loadgen(spec: LoadSpec) -> LoadResult:
+    if spec.scheme != "http":
+        raise LoadError(f"the {spec.scheme} cases need wrk (bench.loadgen speaks plain HTTP)")
     argv = [sys.executable, "-m", "bench.loadgen", "--port", str(spec.port), "--path", spec.path]
     argv += ["--connections", str(spec.connections), "--duration", str(spec.duration)]
     for header in spec.headers:

@@ -40,8 +40,9 @@ def _user_directive() -> str:
     return f"user {user} {group};"
 
 
-def write_config(prefix: Path, http_body: str) -> Path:
-    """Create prefix/ with an nginx.conf wrapping http_body; returns the config path."""
+def write_config(prefix: Path, http_body: str, workers: int = 1) -> Path:
+    """Create prefix/ with an nginx.conf wrapping http_body, run by `workers` worker
+    processes; returns the config path."""
     prefix.mkdir(parents=True, exist_ok=True)
     temp_paths = "\n".join(
         f"    {name}_temp_path {prefix / ('temp_' + name)};" for name in _TEMP_DIRS
@@ -49,7 +50,7 @@ def write_config(prefix: Path, http_body: str) -> Path:
     conf = prefix / "nginx.conf"
     conf.write_text(
         f"""{_user_directive()}
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
@@ -75,7 +76,7 @@ http {{
     return conf
 
 
-def command(nginx: str, prefix: Path, http_body: str) -> Command:
+def command(nginx: str, prefix: Path, http_body: str, workers: int = 1) -> Command:
     """Write the config under prefix; the command that runs nginx on it in the foreground."""
-    conf = write_config(prefix, http_body)
+    conf = write_config(prefix, http_body, workers)
     return Command([nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")])

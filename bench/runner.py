@@ -10,12 +10,15 @@ import gzip
 import http.client
 import json
 import shutil
+import ssl
+import subprocess
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench import nginx, peers
+from bench.fixtures import write_certificate
 from bench.load import LoadError, LoadResult, LoadSpec, run_load
 from bench.scenarios import Scenario, Site, nginx_static_http, xps_config, xps_static_config
 from bench.servers import STOP_TIMEOUT, Command, Server, ServerError, free_port
@@ -152,6 +155,12 @@ def run_scenario(scenario: Scenario, settings: Settings) -> ScenarioResult:
         return fail_all(f"needs {needed} descriptors, RLIMIT_NOFILE allows {settings.nofile}")
     with ExitStack() as stack:
         site = Site(settings.docroot)
+        if scenario.tls:
+            try:
+                cert, key = write_certificate(settings.workdir / "tls")
+            except (OSError, subprocess.SubprocessError) as e:
+                return fail_all(f"cannot make a certificate with openssl: {e}")
+            site = Site(settings.docroot, cert=cert, key=key)
         if scenario.needs_backend:
             try:
                 backend = stack.enter_context(_backend(settings, scenario.name))
@@ -227,7 +236,7 @@ def _measure(
         with server:
             listened = True
             _progress(scenario, name, f"listening on port {port}; checking one response")
-            _probe(scenario, settings.docroot, port)
+            _probe(scenario, site, port)
             spec = LoadSpec(
                 port=port,
                 path=scenario.path,
@@ -235,6 +244,7 @@ def _measure(
                 connections=connections,
                 duration=WARMUP_SECONDS,
                 cpu=settings.cpu(LOAD_CPU),
+                scheme=scenario.scheme,
             )
             run_load(spec, settings.wrk)
             _progress(scenario, name, f"measuring for {settings.duration} s")
@@ -284,11 +294,19 @@ def _report_progress(scenario: Scenario, result: TargetResult) -> None:
         _progress(scenario, result.name, f"note: {note}")
 
 
-def _probe(scenario: Scenario, docroot: Path, port: int) -> None:
-    """One request, checked: 200, the expected Content-Encoding, the file's exact bytes."""
+def _probe(scenario: Scenario, site: Site, port: int) -> None:
+    """One request, checked: 200, the expected Content-Encoding, the file's exact bytes (over
+    HTTPS: the certificate verified too)."""
     headers = dict(h.split(": ", 1) for h in scenario.headers)
     what = f"GET {scenario.path}"
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=_PROBE_TIMEOUT)
+    conn: http.client.HTTPConnection
+    if scenario.tls:
+        context = ssl.create_default_context(cafile=site.cert)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=_PROBE_TIMEOUT, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=_PROBE_TIMEOUT)
     try:
         conn.request("GET", scenario.path, headers=headers)
         response = conn.getresponse()
@@ -309,7 +327,7 @@ def _probe(scenario: Scenario, docroot: Path, port: int) -> None:
             body = gzip.decompress(body)
         except (OSError, EOFError) as e:
             raise ProbeError(f"{what}: the gzip body does not decompress: {e}") from e
-    expected = (docroot / scenario.body_file).read_bytes()
+    expected = (site.docroot / scenario.body_file).read_bytes()
     if body != expected:
         raise ProbeError(
             f"{what}: body ({len(body)} bytes) differs from {scenario.body_file} "

@@ -23,6 +23,8 @@ class Site:
 
     docroot: Path
     backend_port: int | None = None
+    cert: Path | None = None  # the https cases' certificate and key (bench.fixtures)
+    key: Path | None = None
 
     def backend(self) -> str:
         """``127.0.0.1:PORT`` of the shared proxy backend (only set for cases needing it)."""
@@ -46,6 +48,11 @@ class Scenario:
     content_encoding: str | None = None
     connections: int | None = None  # None: the run's --connections
     needs_backend: bool = False
+    tls: bool = False  # over HTTPS: every server gets the same certificate
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def budget_text(self) -> str:
         """The budget in words, e.g. ``>= 0.85 x best``."""
@@ -54,15 +61,13 @@ class Scenario:
 
 def xps_config(scenario: Scenario, site: Site, port: int) -> dict[str, Any]:
     """The full eXpServer config JSON for one case listening on 127.0.0.1:port."""
+    listener: dict[str, Any] = {"host": "127.0.0.1", "port": port}
+    if scenario.tls:
+        listener["tls"] = {"cert": str(site.cert), "key": str(site.key)}
     return {
         "server_name": "eXpServer",
         "access_log": None,  # off, as for every peer (xps-server's default writes one)
-        "servers": [
-            {
-                "listeners": [{"host": "127.0.0.1", "port": port}],
-                "routes": scenario.xps_routes(site),
-            }
-        ],
+        "servers": [{"listeners": [listener], "routes": scenario.xps_routes(site)}],
     }
 
 
@@ -118,6 +123,31 @@ def nginx_static_http(site: Site, port: int) -> str:
     server {{
         listen 127.0.0.1:{port};
         root {site.docroot};
+    }}
+"""
+
+
+# Mozilla's "intermediate" TLS 1.2 ciphers, as eXpServer uses (TLS 1.3: OpenSSL's defaults).
+_INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def _nginx_https(site: Site, port: int) -> str:
+    # As Mozilla's generator writes it for "intermediate", minus HSTS and OCSP stapling.
+    return f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        root {site.docroot};
+        ssl_certificate {site.cert};
+        ssl_certificate_key {site.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {_INTERMEDIATE_CIPHERS};
+        ssl_prefer_server_ciphers off;
+        ssl_session_timeout 1d;
+        ssl_session_cache shared:MozSSL:10m;
     }}
 """
 
@@ -291,6 +321,37 @@ SCENARIOS: tuple[Scenario, ...] = (
         peers={NGINX: _nginx_acl_http},
         budget=0.5,
         body_file="1k.txt",
+    ),
+    Scenario(
+        name="https_small",
+        description="GET /1k.txt over keep-alive HTTPS connections",
+        path="/1k.txt",
+        xps_routes=_file_routes,
+        peers={NGINX: _nginx_https},
+        budget=0.6,
+        body_file="1k.txt",
+        tls=True,
+    ),
+    Scenario(
+        name="https_close",
+        description="GET /1k.txt over HTTPS with Connection: close: a TLS handshake per request",
+        path="/1k.txt",
+        xps_routes=_file_routes,
+        peers={NGINX: _nginx_https},
+        budget=0.5,
+        body_file="1k.txt",
+        headers=("Connection: close",),
+        tls=True,
+    ),
+    Scenario(
+        name="https_large",
+        description="GET /1m.bin over HTTPS (no sendfile: read, encrypt, send)",
+        path="/1m.bin",
+        xps_routes=_file_routes,
+        peers={NGINX: _nginx_https},
+        budget=0.6,
+        body_file="1m.bin",
+        tls=True,
     ),
 )
 

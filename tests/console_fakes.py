@@ -16,13 +16,15 @@ NOW = 1_780_000_000.0  # the canned snapshots' wall-clock time
 SESSIONS = [
     {"id": 7, "client": "127.0.0.9:50312", "ip": "127.0.0.9", "route": "/api",
      "state": "proxying", "request": "GET /api/items?page=2", "requests": 1520,
-     "bytes_in": 363_008, "bytes_out": 354_500, "age": 65.0},
+     "bytes_in": 363_008, "bytes_out": 354_500, "age": 65.0,
+     "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "shop.example"}},
     {"id": 8, "client": "127.0.0.9:50314", "ip": "127.0.0.9", "route": "/api",
      "state": "idle", "request": "", "requests": 12, "bytes_in": 2_100, "bytes_out": 1_234_567,
-     "age": 3_725.0},
+     "age": 3_725.0,
+     "tls": {"version": "TLSv1.2", "cipher": "ECDHE-RSA-AES128-GCM-SHA256", "sni": None}},
     {"id": 12, "client": "10.1.2.3:40100", "ip": "10.1.2.3", "route": "/",
      "state": "writing", "request": "GET /video/big.bin", "requests": 1, "bytes_in": 90,
-     "bytes_out": 9_876_543_210, "age": 4.2},
+     "bytes_out": 9_876_543_210, "age": 4.2, "tls": None},
 ]  # fmt: skip
 
 TOP = {
@@ -62,7 +64,7 @@ SNAPSHOT = {
     ],
     "acl": {"blocks": [
         {"cidr": "203.0.113.7/32", "route": None, "expires_at": NOW + 600,
-         "expires_in": 600.0, "hits": 603},
+         "expires_in": 600.0, "hits": 603, "reason": "auto: rate_limited 100/10s"},
         {"cidr": "198.51.100.0/24", "route": "/api", "expires_at": None, "expires_in": None,
          "hits": 0},
     ], "routes": []},
@@ -80,7 +82,8 @@ SESSION = {
                                  ["Accept", "*/*"]],
                      "user_agent": "curl/8.5.0", "status": 200, "bytes": 512,
                      "duration_ms": 3.2, "ago": 0.8},
-    "upstream": "127.0.0.1:3000", "tls": None,
+    "upstream": "127.0.0.1:3000",
+    "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "shop.example"},
 }  # fmt: skip
 
 EVENTS = [

@@ -254,6 +254,7 @@ def test_route_block_answers_403_on_that_route_only(acl_server):
             "expires_at": None,
             "expires_in": None,
             "hits": 1,
+            "reason": None,  # an operator's block
         }
     ]
     server.call(lambda: server.core.unblock("127.0.0.0/30", route="/black"))

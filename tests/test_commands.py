@@ -59,6 +59,7 @@ def test_every_command_in_the_table_is_reachable_over_the_control_socket(served)
         "top": {"window": 60, "limit": 3},
         "session": {"id": session},
         "block": {"cidr": "10.9.9.9", "seconds": 60},
+        "blocks": {},
         "unblock": {"cidr": "10.9.9.9"},
         "gzip": {"route": "/", "enabled": True},
         "kill": {"session": session},

@@ -302,7 +302,9 @@ ERROR_CASES = [
         [(("server_name",), "a\r\nX: y")],
         "server_name: contains control or non-printable characters: 'a\\r\\nX: y'",
     ),
-    ([(("workers",), 0)], "workers: expected an integer >= 1, got 0"),
+    ([(("workers",), 0)], 'workers: expected an integer in 1..1024 or "auto", got 0'),
+    ([(("workers",), "many")], "workers: expected an integer in 1..1024 or \"auto\", got 'many'"),
+    ([(("workers",), True)], 'workers: expected an integer in 1..1024 or "auto", got true'),
     ([(("access_log",), 5)], "access_log: expected a string, got 5"),
     ([(("control_socket",), "s" * 120)], "control_socket: "),
     ([(("timeouts", "keep_alive"), "x")], "timeouts.keep_alive: expected a number, got 'x'"),
@@ -753,3 +755,9 @@ def test_parse_config_on_damaged_example_only_raises_config_error(
         assert all(": " in problem and "\n" not in problem for problem in err.problems)
     else:
         assert isinstance(result, Config)
+
+
+def test_workers_takes_a_count_or_auto(tmp_path: Path) -> None:
+    base = {"servers": [{"listeners": [{"host": "127.0.0.1", "port": 8001}], "routes": []}]}
+    assert parse_config({**base, "workers": 3}, str(tmp_path)).workers == 3
+    assert parse_config({**base, "workers": "auto"}, str(tmp_path)).workers == (os.cpu_count() or 1)

@@ -1319,7 +1319,7 @@ def test_one_snapshot_in_flight_rows_updated_in_place_keys_answer_under_flood():
     asyncio.run(scenario())
 
 
-class FleetLink(CannedLink):
+class FleetCannedLink(CannedLink):
     """A server in a fleet: its snapshot names the fleet, Redis up or down as set."""
 
     fleet = {"name": "edge-1", "redis": "redis://r:6379/0", "connected": True, "alive": 3,
@@ -1333,7 +1333,7 @@ class FleetLink(CannedLink):
 
 
 def test_the_header_shows_the_fleet_and_whether_redis_answers():
-    link = FleetLink()
+    link = FleetCannedLink()
     app = ConsoleApp(link)  # type: ignore[arg-type]
 
     async def scenario() -> None:
@@ -1345,3 +1345,34 @@ def test_the_header_shows_the_fleet_and_whether_redis_answers():
             await until(pilot, lambda: "fleet edge-1: REDIS DOWN, 4 queued" in app.sub_title)
 
     asyncio.run(scenario())
+
+
+def test_with_two_workers_sessions_name_their_worker_and_a_panel_lists_the_workers(
+    tmp_path, site, embedded
+):
+    config = site_config(tmp_path, site, workers=2)
+    link = embedded(config)
+    app = ConsoleApp(link)
+    port = link.config.servers[0].listeners[0].port
+    clients: list[Client] = []
+
+    async def scenario() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            workers = app.dashboard.query_one("#workers", KeyedTable)
+            # Worker processes are new interpreters: on a busy machine they take a while.
+            await until(pilot, lambda: workers.display and workers.row_count == 2, 30)
+            client = Client(port)
+            assert client.request("GET", "/hello.txt").status == 200
+            clients.append(client)
+            await until(pilot, lambda: app.sessions.row_count == 1)
+            assert "worker" in app.sessions.column_keys
+            (row,) = app.sessions.data_by_key.values()
+            assert row["worker"] in {w["worker"] for w in workers.data_by_key.values()}
+            pids = {w["pid"] for w in workers.data_by_key.values()}
+            assert len(pids) == 2 and os.getpid() not in pids
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for client in clients:
+            client.close()

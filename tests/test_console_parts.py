@@ -22,6 +22,7 @@ from xps_console.formatting import (
     dropped_line,
     event_kinds,
     event_line,
+    event_message,
     filter_terms,
     fleet_label,
     format_duration,
@@ -33,6 +34,8 @@ from xps_console.formatting import (
     open_connections,
     parse_duration,
     parse_target,
+    session_fields,
+    tls_cell,
     top_rows,
 )
 from xps_console.logs import LogBuffer
@@ -138,7 +141,38 @@ def test_acl_rows_list_blocks_with_expiry_then_route_lists():
         "route": "/api",
         "hits": None,
         "expires": 90.0,
+        "reason": None,
     }
+    assert [str(cells[5]) for _, cells, _ in rows] == ["operator", "operator", "config", "config"]
+
+
+def test_acl_rows_show_what_made_a_block():
+    acl = {"blocks": [{"cidr": "10.0.0.9/32", "route": None, "expires_in": 600.0, "hits": 3,
+                       "reason": "auto: rate_limited 100/10s"}]}  # fmt: skip
+    [(_, cells, data)] = acl_rows(acl, [], now=0)
+    assert str(cells[5]) == data["reason"] == "auto: rate_limited 100/10s"
+
+
+def test_blocks_reply_in_words():
+    blocks = [{"cidr": "10.0.0.9/32", "reason": "auto: rate_limited 100/10s"},
+              {"cidr": "10.0.0.0/8", "reason": None}]  # fmt: skip
+    assert describe_reply("blocks", {}, {"ok": True, "result": blocks}) == (
+        "2 runtime blocks, 1 automatic (the ACL panel lists them)",
+        "information",
+    )
+
+
+def test_limit_events_in_the_log():
+    limited = {"kind": "rate_limited", "ts": 0, "client": "10.0.0.1", "route": "/api",
+               "limit": "req", "count": 12}  # fmt: skip
+    blocked = {"kind": "auto_blocked", "ts": 0, "client": "10.0.0.1", "cidr": "10.0.0.1/32",
+               "seconds": 600.0, "reason": "auto: rate_limited 100/10s", "closed": 2}  # fmt: skip
+    assert event_message(limited) == "10.0.0.1 12 times 429 on route /api (limit_req)"
+    assert event_message(blocked) == (
+        "10.0.0.1 blocked for 10m00s: auto: rate_limited 100/10s (2 connections closed)"
+    )
+    assert event_kinds(limited) == event_kinds(blocked) == KIND_BITS["acl"]
+    assert "limited" in event_line(limited) and "autoblk" in event_line(blocked)
 
 
 def test_log_buffer_keeps_records_for_the_panel():
@@ -287,3 +321,20 @@ def test_the_fleet_in_the_header_and_its_events_in_the_log():
     assert event_kinds(change) & KIND_BITS["acl"]
     back = {"kind": "fleet_connected", "ts": 0, "redis": "redis://r:6379/0"}
     assert "fleet    Redis redis://r:6379/0 connected" in event_line(back)
+
+
+def test_tls_in_the_sessions_table_the_detail_view_and_the_log():
+    tls13 = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "shop.example"}
+    tls12 = {"version": "TLSv1.2", "cipher": "ECDHE-RSA-CHACHA20-POLY1305", "sni": None}
+    assert tls_cell(tls13) == "1.3 AES_256_GCM"
+    assert tls_cell(tls12) == "1.2 CHACHA20-POLY1305"
+    assert tls_cell({"version": None, "cipher": None, "sni": "x"}) == "handshake"
+    assert tls_cell(None) == "-"
+    assert dict(session_fields({"tls": tls13}))["TLS"] == (
+        "TLSv1.3, TLS_AES_256_GCM_SHA384, SNI shop.example"
+    )
+    assert dict(session_fields({"tls": tls12}))["TLS"].endswith(", no SNI")
+    assert dict(session_fields({"tls": None}))["TLS"] == "none (plain TCP)"
+    event = {"kind": "tls_error", "ts": 0, "session": 4, "client": "10.0.0.1", "reason": "x y"}
+    assert event_line(event).endswith(" tls      #4 10.0.0.1 x y")
+    assert event_kinds(event) == KIND_BITS["error"]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Client, RunningServer, connect, free_port, wait_until, write_config
+from tests.test_workers import Fleet as WorkersFleet
 from xps_server.config import ConfigError, parse_config
 from xps_server.server.fleetlink import _decode_change, redacted
 
@@ -146,6 +147,7 @@ def test_messages_from_redis_are_checked():
         "cidr": "10.0.0.1/32",
         "route": None,
         "expires_at": None,
+        "reason": None,
         "origin": "x",
     }
     for junk in (
@@ -154,6 +156,7 @@ def test_messages_from_redis_are_checked():
         json.dumps({"op": "block", "cidr": "nonsense", "origin": "x"}),
         json.dumps({"op": "block", "cidr": "10.0.0.1"}),  # no origin
         json.dumps({"op": "block", "cidr": "10.0.0.1", "expires_at": "soon", "origin": "x"}),
+        json.dumps({"op": "block", "cidr": "10.0.0.1", "reason": 7, "origin": "x"}),
         json.dumps({"op": "gzip", "route": "/", "enabled": "yes", "origin": "x"}),
         json.dumps({"op": "drain", "addr": 5, "origin": "x"}),
         json.dumps({"op": "explode", "origin": "x"}),
@@ -182,7 +185,7 @@ def test_a_block_on_one_instance_is_refused_at_accept_by_the_others(fleet, redis
     (event,) = [e for e in told.take() if e.kind == "fleet_change"]
     assert event.by == "e1"
     assert event.change == {"op": "block", "cidr": f"{BLOCKED}/32", "route": None,
-                            "expires_at": None}  # fmt: skip
+                            "expires_at": None, "reason": None}  # fmt: skip
     # Redis holds the block.
     assert redis_server.client().hgetall("t:blocks").keys() == {f"{BLOCKED}/32|".encode()}
     # The others applied it without publishing it again: one message per change made.
@@ -215,6 +218,18 @@ def test_expiry_is_honoured_everywhere(fleet, redis_server):
     one.call(lambda: one.core.block("127.0.0.9", route="/"))
     wait_until(lambda: redis_server.client().hkeys("t:blocks") == [b"127.0.0.9/32|/"])
     assert redis_server.client().zcard("t:blocks:expiry") == 0
+
+
+def test_an_automatic_block_keeps_its_reason_on_every_instance(fleet, redis_server):
+    one, two = fleet("e1"), fleet("e2")
+    rule = "auto: rate_limited 100/10s"
+    one.call(lambda: one.core.runtime.block(BLOCKED, seconds=600, reason=rule))
+    wait_until(lambda: refused(two.port, BLOCKED))
+    (row,) = two.call(two.core.blocks)
+    assert row["reason"] == rule
+    late = fleet("e3")  # from Redis's hash, not a message
+    (row,) = late.call(late.core.blocks)
+    assert row["reason"] == rule
 
 
 def test_gzip_switches_and_drains_are_shared(fleet):
@@ -348,3 +363,30 @@ def test_a_reload_without_the_fleet_key_stops_sharing(fleet, tmp_path, site, red
     wait_until(lambda: redis_server.client().hkeys("t:blocks") == [b"127.0.0.8/32|"])
     assert not blocked_on(one, "127.0.0.8/32")
     assert not blocked_on(two, f"{BLOCKED}/32")
+
+
+def test_with_workers_only_the_master_talks_to_redis_and_its_workers_follow(
+    fleet, redis_server, tmp_path, site
+):
+    one = fleet("e1")
+    (tmp_path / "w").mkdir()
+    extra = {"fleet": {"redis": redis_server.url, "name": "w", "prefix": "t"}}
+    master = WorkersFleet(tmp_path / "w", site, workers=2, extra=extra)
+    try:
+        wait_until(lambda: master.result("fleet")["alive"] == 2, timeout=15)
+        # Two connections (commands, subscription) for e1 and two for the master, none for
+        # the workers; and the test's own.
+        assert len(redis_server.client().client_list()) == 5
+        one.call(lambda: one.core.block(BLOCKED))
+
+        def every_worker_refuses() -> bool:
+            return all(refused(master.port, BLOCKED) for _ in range(20))
+
+        wait_until(every_worker_refuses)
+        assert master.get("/hello.txt") == 200
+        assert [row["cidr"] for row in master.result("blocks")] == [f"{BLOCKED}/32"]
+        assert master.result("block", cidr="127.0.0.7")["workers"] == 2
+        wait_until(lambda: refused(one.port, "127.0.0.7"))
+        assert master.result("snapshot", limit=0)["fleet"]["alive"] == 2
+    finally:
+        master.stop()

@@ -121,6 +121,22 @@ def test_shutdown_stops_accepting_and_lets_an_in_flight_response_finish(started,
     sock.close()
 
 
+def test_shutdown_answers_a_connection_accepted_before_it_sent_its_request(started, site):
+    # A reload of workers stops the old ones while clients they accepted are still sending.
+    server, _, port = started([files_route(site)])
+    sock = connect(port)
+    core = server.core
+    wait_until(lambda: core.sessions)
+    server.shutdown(grace=30)
+    wait_until(lambda: not accepts(port))
+    sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = read_until_close(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert body == b"hello world\n"
+    assert server.wait(10)
+    sock.close()
+
+
 def test_shutdown_closes_what_is_still_in_flight_when_the_grace_runs_out(started, site):
     (site / "huge.bin").write_bytes(b"x" * (64 << 20))
     server, _, port = started([files_route(site)])

@@ -21,8 +21,8 @@ SLOT = 5.0
 MAX_WINDOW = 60.0
 LIVE_SLOTS = math.ceil(MAX_WINDOW / SLOT) + 1
 PATHS = ("/", "/a", "/b/c", "/api/x")
-STATUSES = (200, 204, 304, 403, 404, 500, 503)
-FIGURES = ("requests", "refused", "bytes", "status_4xx", "status_5xx")
+STATUSES = (200, 204, 304, 403, 404, 429, 500, 503)  # 429: a rate or connection limit's
+FIGURES = ("requests", "refused", "limited", "bytes", "status_4xx", "status_5xx")
 # Hypothesis' explain phase takes minutes on a failing stream of 100 events: skip it
 PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 
@@ -31,6 +31,7 @@ PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 class Exact:
     requests: int = 0
     refused: int = 0
+    limited: int = 0
     bytes: int = 0
     status_4xx: int = 0
     status_5xx: int = 0
@@ -60,6 +61,7 @@ class Model:
         exact.bytes += nbytes
         exact.status_4xx += 400 <= status < 500
         exact.status_5xx += status >= 500
+        exact.limited += status == 429
         exact.last_path = path
 
     def refused(self, ip: str, t: float) -> None:
@@ -104,7 +106,17 @@ def events(
 
 def request(tracker: TopTalkers, ip: str, now: float, status: int, nbytes: int, path: str) -> None:
     """One finished request, reported as the core reports a connection's batch of one."""
-    tracker.add(ip, now, 1, nbytes, int(400 <= status < 500), int(status >= 500), path)
+    tracker.add(
+        ip,
+        now,
+        1,
+        nbytes,
+        int(400 <= status < 500),
+        int(status >= 500),
+        path,
+        0,
+        int(status == 429),
+    )
 
 
 SKEWED = st.one_of(st.integers(0, 2), st.integers(0, 40))  # a few heavy hitters in a crowd
@@ -236,7 +248,7 @@ def assert_window_bounds(
         hits = row["requests"] + row["refused"]
         assert figures.hits <= hits <= figures.hits + bound
         assert figures.requests <= row["requests"] <= figures.requests + bound
-        for name in ("refused", "status_4xx", "status_5xx"):
+        for name in ("refused", "limited", "status_4xx", "status_5xx"):
             assert getattr(figures, name) - bound <= row[name] <= getattr(figures, name)
         assert row["bytes"] <= figures.bytes
         assert row["rps"] == round(row["requests"] / span, 2)
@@ -304,7 +316,10 @@ def test_batched_reports_bound_the_truth(
             model.refused(ip, t)
         s4xx = sum(400 <= status < 500 for status in statuses)
         s5xx = sum(status >= 500 for status in statuses)
-        tracker.add(ip, t, len(statuses), 100 * len(statuses), s4xx, s5xx, "/batch", refused)
+        limited = sum(status == 429 for status in statuses)
+        tracker.add(
+            ip, t, len(statuses), 100 * len(statuses), s4xx, s5xx, "/batch", refused, limited
+        )
     for window in (5.0, 10.0, 60.0):
         assert_window_bounds(tracker, model, t + later / 4, window, start)
 
@@ -366,6 +381,7 @@ def test_sorted_descending_and_limited(
             "status_4xx",
             "status_5xx",
             "refused",
+            "limited",
             "last_path",
             "error_bound",
         }
@@ -393,6 +409,7 @@ def test_a_window_leaves_out_events_before_its_slots() -> None:
         "status_4xx": 0,
         "status_5xx": 0,
         "refused": 0,
+        "limited": 0,
         "last_path": "/new",
         "error_bound": 0,
     }

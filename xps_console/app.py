@@ -29,6 +29,8 @@ from textual.screen import Screen
 
 from xps_console.formatting import (
     KINDS,
+    SESSION_COLUMNS,
+    SESSION_COLUMNS_FLEET,
     TOP_SORT_BY_COLUMN,
     MetricsHistory,
     acl_rows,
@@ -46,6 +48,7 @@ from xps_console.formatting import (
     session_rows,
     short_cidr,
     top_rows,
+    worker_rows,
 )
 from xps_console.link import Link, LinkError
 from xps_console.logs import LogBuffer
@@ -127,6 +130,10 @@ class ConsoleApp(App[None]):
         self.history = MetricsHistory()
         self.snapshots = 0  # applied so far
         self.last_snapshot: dict = {}
+        self.fleet = False  # the server runs several workers: sessions name theirs
+        # Each worker's (snapshot time, req_total) then, and its req/s since the one before.
+        self._worker_counts: dict[int, tuple[float, int]] = {}
+        self.worker_rates: dict[int, float] = {}
         self.last_top: dict = {}  # the last `top` result
         self.top_reply: dict | None = None  # the last `top` reply, result or error
         self._behind = False  # data taken in and not drawn yet (a dialog covers the panels)
@@ -341,11 +348,26 @@ class ConsoleApp(App[None]):
         self.snapshots += 1
         self.last_snapshot = snap
         self.history.add(snap.get("time") or time.time(), snap.get("metrics") or {})
+        self._count_workers(snap.get("time") or time.time(), snap.get("workers") or [])
         if top is not None:
             self._take_top(top)
         self._behind = True
         if not self.covered:
             self.show_panels()
+
+    def _count_workers(self, now: float, workers: list[dict]) -> None:
+        """Each worker's req/s, from its req_total in this snapshot and the previous one."""
+        counts: dict[int, tuple[float, int]] = {}
+        for worker in workers:
+            wid, total = worker.get("worker"), worker.get("req_total")
+            if not isinstance(wid, int) or not isinstance(total, int):
+                continue
+            counts[wid] = (now, total)
+            before = self._worker_counts.get(wid)
+            if before is not None and now > before[0]:
+                self.worker_rates[wid] = max(0.0, (total - before[1]) / (now - before[0]))
+        self._worker_counts = counts
+        self.worker_rates = {w: r for w, r in self.worker_rates.items() if w in counts}
 
     def _take_top(self, reply: dict) -> None:
         self.top_reply = reply
@@ -368,13 +390,20 @@ class ConsoleApp(App[None]):
         now = snap.get("time") or time.time()
         with self.batch_update():
             self._show_identity(snap.get("listeners") or ())
-            self.sessions.sync(session_rows(rows))
+            workers = snap.get("workers") or []
+            fleet = bool(workers)
+            if fleet != self.fleet:
+                self.fleet = fleet
+                self.sessions.set_columns(SESSION_COLUMNS_FLEET if fleet else SESSION_COLUMNS)
+            self.sessions.sync(session_rows(rows, fleet))
             self._title_sessions(len(rows), sessions.get("total", len(rows)))
             self.routes.sync(route_rows(routes))
             self.dashboard.query_one(UpstreamsPanel).show(snap.get("upstreams") or [], now)
             self.acl.sync(acl_rows(snap.get("acl") or {}, routes, now))
             metrics = snap.get("metrics") or {}
-            self.dashboard.query_one(MetricsPanel).show(self.history, self._summary(snap, metrics))
+            metrics_panel = self.dashboard.query_one(MetricsPanel)
+            metrics_panel.show(self.history, self._summary(snap, metrics))
+            metrics_panel.show_workers(worker_rows(workers, self.worker_rates))
             if self.top_reply is not None:
                 self._show_top(self.top_reply)
 

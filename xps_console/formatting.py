@@ -174,6 +174,7 @@ SESSION_COLUMNS = (
     ("bytes_in", "In"),
     ("bytes_out", "Out"),
     ("age", "Age"),
+    ("tls", "TLS"),
     ("request", "Request"),  # free text last: on a narrow screen it is what scrolls off
 )
 
@@ -204,11 +205,18 @@ def clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def session_cells(row: dict) -> tuple:
-    """The cells of one sessions-table row; the id cell is the row key (rows sort by it)."""
+# With several worker processes, sessions name their worker, after the id.
+SESSION_COLUMNS_FLEET = (SESSION_COLUMNS[0], ("worker", "W"), *SESSION_COLUMNS[1:])
+
+
+def session_cells(row: dict, fleet: bool = False) -> tuple:
+    """The cells of one sessions-table row; the id cell is the row key (rows sort by it).
+    `fleet`: the server has several workers, and a cell names the session's."""
     state = row.get("state", "")
+    worker = (number(str(row.get("worker", "-"))),) if fleet else ()
     return (
         str(row["id"]),
+        *worker,
         row.get("client", ""),
         row.get("route") or "-",
         styled(state, STATE_STYLES.get(state, "")),
@@ -216,12 +224,57 @@ def session_cells(row: dict) -> tuple:
         number(human_bytes(row.get("bytes_in", 0))),
         number(human_bytes(row.get("bytes_out", 0))),
         number(human_age(row.get("age", 0))),
+        tls_cell(row.get("tls")),
         clip(row.get("request") or ""),
     )
 
 
-def session_rows(rows: Iterable[dict]) -> list[Row]:
-    return [(str(row["id"]), session_cells(row), row) for row in rows]
+def tls_cell(tls: object) -> str:
+    """A session's TLS in a few characters: "1.3 AES_256_GCM"; "-" in cleartext."""
+    if not isinstance(tls, dict):
+        return "-"
+    version = str(tls.get("version") or "")
+    if not version:
+        return "handshake"
+    cipher = str(tls.get("cipher") or "")
+    # The parts that tell ciphers apart: no TLS_ prefix, key exchange or MAC hash.
+    for prefix in ("TLS_", "ECDHE-ECDSA-", "ECDHE-RSA-", "DHE-RSA-"):
+        cipher = cipher.removeprefix(prefix)
+    for suffix in ("_SHA256", "_SHA384", "-SHA256", "-SHA384"):
+        cipher = cipher.removesuffix(suffix)
+    return f"{version.removeprefix('TLSv')} {cipher}".strip()
+
+
+def session_rows(rows: Iterable[dict], fleet: bool = False) -> list[Row]:
+    return [(str(row["id"]), session_cells(row, fleet), row) for row in rows]
+
+
+WORKER_COLUMNS = (
+    ("worker", "Worker"),
+    ("pid", "PID"),
+    ("conn_current", "Conns"),
+    ("rps", "Req/s"),
+    ("restarts", "Restarts"),
+)
+
+
+def worker_rows(workers: Iterable[dict], rates: dict[int, float]) -> list[Row]:
+    """The workers panel: each worker process the master runs, `rates` its req/s."""
+    rows = []
+    for worker in workers:
+        wid = worker["worker"]
+        state = "" if worker.get("ready") else " (starting)"
+        if worker.get("retiring"):
+            state = " (stopping)"
+        cells = (
+            f"{wid}{state}",
+            number(str(worker.get("pid", "?"))),
+            number(human_count(worker.get("conn_current") or 0)),
+            number(human_rate(rates.get(wid, 0.0))),
+            number(str(worker.get("restarts", 0))),
+        )
+        rows.append((str(wid), cells, {**worker, "rps": rates.get(wid, 0.0)}))
+    return rows
 
 
 TOP_COLUMNS = (
@@ -292,6 +345,7 @@ ACL_COLUMNS = (
     ("route", "Route"),
     ("hits", "Hits"),
     ("expires", "Expires"),
+    ("reason", "Reason"),
 )
 
 _UPSTREAM_STYLES = {"up": "green", "down": "bold red", "draining": "yellow"}
@@ -402,12 +456,14 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
     for block in acl.get("blocks") or []:
         route = block.get("route")
         hits = block.get("hits")
+        reason = block.get("reason")  # what made it; None: an operator
         data = {
             "kind": "block",
             "cidr": block["cidr"],
             "route": route,
             "hits": hits,
             "expires": block_remaining(block, now),
+            "reason": reason,
         }
         cells = (
             styled("block", _ACL_STYLES["block"]),
@@ -415,13 +471,21 @@ def acl_rows(acl: dict, routes: Iterable[dict], now: float) -> list[Row]:
             route or "*",
             number("-" if hits is None else human_count(hits)),
             expiry(block, now),
+            styled(reason, "yellow") if reason else styled("operator", "dim"),
         )
         rows.append((f"block {route or '*'} {block['cidr']}", cells, data))
     for route in routes:
         for kind, key in (("allow", "ip_whitelist"), ("deny", "ip_blacklist")):
             for cidr in route.get(key) or []:
                 data = {"kind": kind, "cidr": cidr, "route": route["key"], "hits": None}
-                cells = (styled(kind, _ACL_STYLES[kind]), cidr, route["key"], number("-"), "config")
+                cells = (
+                    styled(kind, _ACL_STYLES[kind]),
+                    cidr,
+                    route["key"],
+                    number("-"),
+                    "config",
+                    styled("config", "dim"),
+                )
                 rows.append((f"{kind} {route['key']} {cidr}", cells, data))
     return rows
 
@@ -477,7 +541,12 @@ def session_fields(detail: dict) -> list[tuple[str, str]]:
         fields.append(("Last request", "none finished yet"))
     tls = detail.get("tls")
     if isinstance(tls, dict):
-        fields.append(("TLS", " ".join(f"{k}={v}" for k, v in tls.items())))
+        if tls.get("version"):
+            text = f"{tls.get('version')}, {tls.get('cipher') or '?'}"
+        else:
+            text = "handshake in progress"
+        sni = tls.get("sni")
+        fields.append(("TLS", f"{text}, SNI {sni}" if sni else f"{text}, no SNI"))
     else:
         fields.append(("TLS", "none (plain TCP)"))
     return fields
@@ -540,6 +609,10 @@ def describe_reply(command: str, args: dict, reply: dict) -> tuple[str, str]:
     if not reply.get("ok"):
         return f"{_what(command, args)} failed: {reply.get('error')}", "error"
     result = reply.get("result")
+    if command == "blocks" and isinstance(result, list):
+        automatic = sum(1 for block in result if isinstance(block, dict) and block.get("reason"))
+        text = f"{len(result)} runtime blocks, {automatic} automatic (the ACL panel lists them)"
+        return text, "information"
     result = result if isinstance(result, dict) else {}
     persisted = result.get("persisted", ...)
     saved = "" if persisted is ... else SAVED.get(persisted, "")
@@ -601,7 +674,10 @@ _LABELS = {
     "connection_refused": "refused",
     "request_finished": "request",
     "timeout": "timeout",
+    "tls_error": "tls",
     "acl_denied": "denied",
+    "rate_limited": "limited",
+    "auto_blocked": "autoblk",
     "upstream_connected": "upstream",
     "upstream_failed": "upstream",
     "upstream_health": "health",
@@ -621,7 +697,10 @@ _LABEL_STYLES = {
     "close": "dim",
     "refused": "bold red",
     "timeout": "yellow",
+    "tls": "yellow",
     "denied": "bold red",
+    "limited": "yellow",
+    "autoblk": "bold red",
     "upstream": "blue",
     "health": "bold blue",
     "action": "bold magenta",
@@ -655,7 +734,7 @@ def event_kinds(event: dict) -> int:
     if kind == "request_finished":
         status = event.get("status")
         return REQUEST | (ERROR if isinstance(status, int) and status >= 500 else 0)
-    if kind in ("acl_denied", "connection_refused"):
+    if kind in ("acl_denied", "connection_refused", "rate_limited", "auto_blocked"):
         return ACL
     if kind == "upstream_failed":
         return UPSTREAM | ERROR
@@ -673,7 +752,7 @@ def event_kinds(event: dict) -> int:
         return bits
     if kind == "config_reloaded":
         return OPERATOR | (0 if event.get("ok") else ERROR)
-    if kind in ("timeout", "link_closed", "control_reply", "fleet_disconnected"):
+    if kind in ("timeout", "tls_error", "link_closed", "control_reply", "fleet_disconnected"):
         return ERROR
     if kind == "fleet_connected":
         return ACL
@@ -715,8 +794,19 @@ def event_message(event: dict) -> str:
         )
     if kind == "timeout":
         return f"#{get('session')} {get('client')} {get('phase')}"
+    if kind == "tls_error":
+        return f"#{get('session')} {get('client')} {get('reason')}"
     if kind == "acl_denied":
         return f"{get('client')} {get('path')} route {get('route')} ({get('reason')})"
+    if kind == "rate_limited":
+        count = get("count", 1)
+        times = f" {count} times" if count != 1 else ""
+        return f"{get('client')}{times} 429 on route {get('route')} (limit_{get('limit')})"
+    if kind == "auto_blocked":
+        return (
+            f"{get('client')} blocked for {human_age(get('seconds') or 0)}: {get('reason')} "
+            f"({get('closed', 0)} connections closed)"
+        )
     if kind == "upstream_connected":
         return f"{get('upstream')} connected"
     if kind == "upstream_failed":

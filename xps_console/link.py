@@ -2,9 +2,10 @@
 
 `Link` is what the app uses; it never learns which of the two it has:
 
-- `EmbeddedLink` runs a `Server` in this process, its loop on a daemon thread. Commands cross
-  over through `CommandAPI.submit` (the loop's queue + wake-up fd); events come from a bounded
-  `Subscription` of the core's bus, which the UI drains on a timer.
+- `EmbeddedLink` runs a `Server` in this process, its loop on a daemon thread (with
+  `workers` > 1, a `Master`: its loop on that thread, its worker processes beside it).
+  Commands cross over through `CommandAPI.submit` (the loop's queue + wake-up fd); events
+  come from a bounded `Subscription` of the core's bus, which the UI drains on a timer.
 - `AttachedLink` speaks JSON lines to a headless server's control socket: commands carry an
   `id` that the reply echoes, and event lines are queued (unparsed) until the UI takes them.
   When the server goes away it queues a `link_closed` event and reconnects by itself, with
@@ -27,10 +28,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
-from xps_server.config import load_config
+from xps_server.config import config_from, read_config
 from xps_server.core.loop import tune_gc
 from xps_server.events import Subscription
 from xps_server.server.lifecycle import Server
+from xps_server.server.master import Master
 
 log = logging.getLogger("xps.console.link")
 
@@ -90,9 +92,15 @@ class EmbeddedLink(Link):
     mode = "embedded"
 
     def __init__(self, config_path: str, grace: float = 10.0, queue: int = EVENT_QUEUE) -> None:
-        self.config = load_config(config_path)  # ConfigError: the caller reports it
+        data = read_config(config_path)  # ConfigError: the caller reports it
+        self.config = config_from(data, config_path)
         self.target = self.config.path
-        self.server = Server(self.config, grace)
+        # Several workers: the master runs on the loop thread here, the workers beside it.
+        self.server: Server | Master = (
+            Master(self.config, grace, data)
+            if self.config.workers > 1
+            else Server(self.config, grace)
+        )
         self.subscription: Subscription | None = None
         self._queue = queue
         self._closed = False

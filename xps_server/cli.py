@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from xps_server.config import ConfigError, load_config
+from xps_server.config import ConfigError, config_from, read_config
 from xps_server.core.loop import tune_gc
 from xps_server.server.lifecycle import Server
+from xps_server.server.master import Master
 
 log = logging.getLogger("xps.cli")
 
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        config = load_config(args.config)
+        data = read_config(args.config)
+        config = config_from(data, args.config)
     except ConfigError as exc:
         print(f"xps-server: invalid config {args.config}:", file=sys.stderr)
         for problem in exc.problems:
@@ -53,14 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"xps-server: {args.config} is valid")
         return 0
-    server = Server(config, grace=args.shutdown_timeout)
+    server: Server | Master
+    if config.workers > 1:
+        server = Master(config, grace=args.shutdown_timeout, data=data)
+    else:
+        server = Server(config, grace=args.shutdown_timeout)
     try:
-        core = server.start(signals=True)
+        server.start(signals=True)
+    except ConfigError as exc:  # a certificate or key that cannot be used
+        print(f"xps-server: invalid config {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"xps-server: cannot listen: {exc}", file=sys.stderr)
         return 1
-    for key in core.listeners:
-        log.info("listening on %s:%d", *key)
+    for host, port in server.listen_addresses:
+        log.info("listening on %s:%d", host, port)
+    if config.workers > 1:
+        log.info("master pid %d, %d workers", os.getpid(), config.workers)
     if server.control is not None:
         log.info("control socket on %s", config.control_socket)
     tune_gc()

@@ -13,6 +13,9 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+if TYPE_CHECKING:
     from xps_server.core.loop import Loop
 
 DEFAULT_QUEUE = 10_000
@@ -80,6 +83,17 @@ class Timeout(Event):
 
 
 @dataclass(slots=True)
+class TlsError(Event):
+    """A TLS handshake that failed or timed out, or a broken record on an established
+    connection; the connection is closed."""
+
+    session: int
+    client: str
+    reason: str
+    kind = "tls_error"
+
+
+@dataclass(slots=True)
 class AclDenied(Event):
     client: str
     route: str
@@ -97,6 +111,30 @@ class ConnectionRefused(Event):
     cidr: str
     count: int
     kind = "connection_refused"
+
+
+@dataclass(slots=True)
+class RateLimited(Event):
+    """Requests from `client` answered 429 by a route's `limit` ("req" or "conn") (rate-limited:
+    one event per address per second; `count` rejections since the address's previous event)."""
+
+    client: str
+    route: str
+    limit: str
+    count: int
+    kind = "rate_limited"
+
+
+@dataclass(slots=True)
+class AutoBlocked(Event):
+    """`client` crossed an `auto_block` rule and is blocked everywhere for `seconds`."""
+
+    client: str
+    cidr: str
+    seconds: float
+    reason: str  # the rule, e.g. "auto: rate_limited 100/10s"
+    closed: int  # its connections closed
+    kind = "auto_blocked"
 
 
 @dataclass(slots=True)
@@ -162,6 +200,35 @@ class FleetChange(Event):
     kind = "fleet_change"
 
 
+@dataclass(slots=True)
+class WorkerExited(Event):
+    """A worker process ended; `reason` says whether it was asked to (`stopped`) or not
+    (`crashed`, then it is restarted after `restart_in` seconds)."""
+
+    worker: int
+    pid: int
+    status: str  # "exit 0", "exit 1", "signal SIGKILL"
+    reason: str
+    restart_in: float | None
+    kind = "worker_exited"
+
+
+@dataclass(slots=True)
+class WorkerEvent(Event):
+    """An event a worker process published, as it came over its channel (a dict with its
+    `kind`, plus `worker`); the master republishes it on its own bus as it is."""
+
+    data: dict[str, Any]
+    kind = "worker_event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+# Events a worker forwards within its subscribers' rate (`publish_traffic`); the rest always.
+TRAFFIC_KINDS = frozenset((ConnectionOpened.kind, ConnectionClosed.kind, RequestFinished.kind))
+
+
 class Subscription:
     """One consumer's bounded queue; `take` may run on any thread (deque ops are atomic).
 
@@ -216,6 +283,8 @@ class EventBus:
         self.traffic = False
         self.published = 0
         self.skipped = 0  # traffic events not built while `traffic` was False
+        # Called when the subscriptions change (a master tells its workers what to forward).
+        self.on_change: Callable[[], None] | None = None
 
     def subscribe(self, maxlen: int = DEFAULT_QUEUE, max_rate: int = 0) -> Subscription:
         """A new subscription (call on the loop thread, or before the loop runs)."""
@@ -237,6 +306,8 @@ class EventBus:
                 self._refill.reset(self._loop.now + REFILL_INTERVAL)
         else:
             self._refill.cancel()
+        if self.on_change is not None:
+            self.on_change()
 
     def _on_refill(self) -> None:
         skipped = self.skipped
@@ -246,6 +317,22 @@ class EventBus:
                 sub.dropped += skipped  # `traffic` was False: none of them got these
                 sub.tokens = _tokens(sub.max_rate)
         self._changed()
+
+    def wanted_rate(self) -> int | None:
+        """The rate of events the subscribers take together: None with no subscriber, 0 when
+        one takes every event, else the highest `max_rate` (what a worker forwards)."""
+        subs = self._subscriptions
+        if not subs:
+            return None
+        if any(s.max_rate == 0 for s in subs):
+            return 0
+        return max(s.max_rate for s in subs)
+
+    def lost(self, count: int) -> None:
+        """`count` events were dropped before they reached this bus (in a worker): every
+        subscription missed them."""
+        for sub in self._subscriptions:
+            sub.dropped += count
 
     def publish(self, event: Event) -> None:
         """Deliver to every subscription; a full queue drops its oldest event."""

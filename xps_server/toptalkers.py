@@ -1,7 +1,8 @@
 """Top talkers: per client address, what it asked and got over the last 10 s or 60 s.
 
 Owns the counting only: the loop thread reports what an address did (`add`: requests, with
-their bytes, errors and latest path, and refusals by a route block; the core batches these per
+their bytes, errors and latest path, those answered 429 by a rate or connection limit, and
+refusals by a route block; the core batches these per
 connection and reports them about once a second) and each connection refused at accept by a
 block (`refused`), passing its monotonic clock; the `top` command asks `top` and `tracked`.
 Nothing here reads the clock, logs or locks.
@@ -40,8 +41,8 @@ with E its error_bound:
 
 - hits = requests + refused, and true hits <= hits <= true hits + E;
 - true requests <= requests <= true requests + E (the inherited count is put on requests);
-- refused, status_4xx and status_5xx lie in [true - E, true], and bytes <= true bytes: these
-  count from when the address (last) entered each slot's table;
+- refused, limited, status_4xx and status_5xx lie in [true - E, true], and bytes <= true
+  bytes: these count from when the address (last) entered each slot's table;
 - E = 0 when none of the merged slots ever evicted; whenever E = 0, the address's figures
   are exact and last_path is the path (its first PATH_LIMIT characters) of its latest
   request in the merged slots, "" if it only had refusals;
@@ -89,6 +90,7 @@ class _Row:
         "held_min",
         "hits",
         "last_path",
+        "limited",
         "refused",
         "status_4xx",
         "status_5xx",
@@ -101,6 +103,7 @@ class _Row:
         self.status_4xx = entry.status_4xx
         self.status_5xx = entry.status_5xx
         self.refused = entry.refused
+        self.limited = entry.limited
         self.last_path = entry.last_path
         self.held_min = slot_min
 
@@ -125,7 +128,16 @@ SORTS = tuple(_SORT_KEYS)
 class _Entry:
     """One address in one slot's table."""
 
-    __slots__ = ("bytes", "error", "hits", "last_path", "refused", "status_4xx", "status_5xx")
+    __slots__ = (
+        "bytes",
+        "error",
+        "hits",
+        "last_path",
+        "limited",
+        "refused",
+        "status_4xx",
+        "status_5xx",
+    )
 
     hits: int
     error: int
@@ -133,6 +145,7 @@ class _Entry:
     status_4xx: int
     status_5xx: int
     refused: int
+    limited: int
     last_path: str
 
     def __init__(self, hits: int, error: int) -> None:
@@ -145,6 +158,7 @@ class _Entry:
         self.status_4xx = 0
         self.status_5xx = 0
         self.refused = 0
+        self.limited = 0
         self.last_path = ""
 
 
@@ -200,10 +214,12 @@ class TopTalkers:
         status_5xx: int,
         path: str,
         refused: int = 0,
+        limited: int = 0,
     ) -> None:
         """Count what `ip` did since its last report: `requests` answered (`status_4xx` and
-        `status_5xx` of them errors) with `nbytes` sent, the latest one for `path`, and
-        `refused` requests refused by a route block. At least one of the two is positive."""
+        `status_5xx` of them errors, `limited` of them 429s of a rate or connection limit)
+        with `nbytes` sent, the latest one for `path`, and `refused` requests refused by a
+        route block. At least one of `requests` and `refused` is positive."""
         if now >= self._slot_end:
             self._open_slot(now)
         hits = requests + refused
@@ -216,6 +232,7 @@ class TopTalkers:
         entry.status_4xx += status_4xx
         entry.status_5xx += status_5xx
         entry.refused += refused
+        entry.limited += limited
         if requests:
             entry.last_path = path if len(path) <= PATH_LIMIT else path[:PATH_LIMIT]
 
@@ -256,6 +273,7 @@ class TopTalkers:
                 "status_4xx": row.status_4xx,
                 "status_5xx": row.status_5xx,
                 "refused": row.refused,
+                "limited": row.limited,
                 "last_path": row.last_path,
                 "error_bound": row.error,
             }
@@ -347,6 +365,7 @@ class TopTalkers:
                 row.status_4xx += entry.status_4xx
                 row.status_5xx += entry.status_5xx
                 row.refused += entry.refused
+                row.limited += entry.limited
                 if entry.last_path:  # a newer slot that saw only refusals keeps the older path
                     row.last_path = entry.last_path
                 row.held_min += slot_min

@@ -11,8 +11,17 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from xps_console.formatting import SERIES, MetricsHistory, human_bytes, human_rate, sparkline
+from xps_console.formatting import (
+    SERIES,
+    WORKER_COLUMNS,
+    MetricsHistory,
+    Row,
+    human_bytes,
+    human_rate,
+    sparkline,
+)
 from xps_console.widgets.panels import Panel
+from xps_console.widgets.tables import WorkersTable
 
 NAME_WIDTH = 8
 VALUE_WIDTH = 9
@@ -55,6 +64,15 @@ class MetricsPanel(Panel):
 
     def compose(self) -> ComposeResult:
         yield Static(id="metrics-view")
+        yield WorkersTable(WORKER_COLUMNS, id="workers")
+
+    def show_workers(self, rows: list[Row]) -> None:
+        """The workers table under the metrics, for a server of several workers only."""
+        table = self.query_one(WorkersTable)
+        table.display = bool(rows)
+        if rows:
+            table.styles.height = len(rows) + 1
+            table.sync(rows)
 
     def show(self, history: MetricsHistory, summary: str) -> None:
         state = (summary, [tuple(history.series[name]) for name in SERIES])

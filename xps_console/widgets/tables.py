@@ -104,10 +104,7 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def __init__(self, columns: Columns, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.labels = dict(columns)
-        self.column_keys = tuple(key for key, _ in columns)
-        # +1: room for the sort mark, so marking a column never widens it
-        self.widths = {key: cell_len(label) + 1 for key, label in columns}
+        self._set_columns(columns)
         self.data_by_key: dict[str, dict] = {}  # the rows shown, by key
         self.keys: list[str] = []  # the key of the row in each slot
         self._slots: list[tuple[Text, ...]] = []  # the cells in each slot
@@ -118,6 +115,23 @@ class KeyedTable(ScrollView, can_focus=True):
         self.sort_reverse = False
         self.terms: tuple[str, ...] = ()
         self.lost = False  # the selected row went away; nothing is selected until a move
+
+    def _set_columns(self, columns: Columns) -> None:
+        self.labels = dict(columns)
+        self.column_keys = tuple(key for key, _ in columns)
+        # +1: room for the sort mark, so marking a column never widens it
+        self.widths = {key: cell_len(label) + 1 for key, label in columns}
+
+    def set_columns(self, columns: Columns) -> None:
+        """Show other columns (the next `sync` gives rows with their cells)."""
+        self._set_columns(columns)
+        self._slots.clear()
+        self._lines.clear()
+        self._given = []
+        self._header = None
+        if self.sort_column not in self.labels:
+            self.sort_column = None
+        self._show()
 
     # --- selection ----------------------------------------------------------------------------
     @property
@@ -398,3 +412,8 @@ class UpstreamsTable(KeyedTable):
 
 class AclTable(KeyedTable):
     BINDINGS = [Binding("u", "app.unblock", "Unblock")]
+
+
+class WorkersTable(KeyedTable, can_focus=False):
+    """The worker processes of a server that runs several (the master's `snapshot`); read
+    only, and short: one row per worker, all on screen, so it takes no focus."""

@@ -14,22 +14,34 @@ import math
 import os
 import re
 import socket
+import ssl
 from dataclasses import fields
 from typing import Any, TypeGuard
 
 from .model import (
+    AUTO_BLOCK_EVENTS,
     LB_METHODS,
+    LIMIT_KEYS,
     REDIRECT_CODES,
+    REDIRECT_PLACEHOLDERS,
     ROUTE_TYPES,
+    TLS_VERSIONS,
+    AutoBlockRule,
     Config,
     Fleet,
+    LimitConn,
+    LimitReq,
     Limits,
     Listener,
     Route,
     Server,
     Timeouts,
+    Tls,
     Upstream,
 )
+from .routes import route_key
+
+MAX_WORKERS = 1024  # worker processes a config may ask for
 
 _TOP_KEYS = frozenset(
     {
@@ -44,12 +56,15 @@ _TOP_KEYS = frozenset(
         "limits",
         "servers",
         "fleet",
+        "auto_block",
+        "allowlist",
     }
 )
 _FLEET_KEYS = frozenset({"redis", "name", "prefix"})
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-_SERVER_KEYS = frozenset({"listeners", "hostnames", "routes"})
-_LISTENER_KEYS = frozenset({"host", "port"})
+_SERVER_KEYS = frozenset({"listeners", "hostnames", "routes", "tls"})
+_LISTENER_KEYS = frozenset({"host", "port", "tls"})
+_TLS_KEYS = frozenset({"cert", "key", "min_version"})
 _UPSTREAM_KEYS = frozenset({"addr", "weight"})
 _ROUTE_TIMEOUT_KEYS = frozenset({"upstream_connect", "upstream_read"})
 _COMMON_ROUTE_KEYS = frozenset(
@@ -61,12 +76,22 @@ _COMMON_ROUTE_KEYS = frozenset(
         "gzip_mime_types",
         "ip_whitelist",
         "ip_blacklist",
+        "limit_req",
+        "limit_conn",
     }
 )
+_LIMIT_REQ_KEYS = frozenset({"rate", "burst", "key"})
+_LIMIT_CONN_KEYS = frozenset({"per_ip"})
+_AUTO_BLOCK_KEYS = frozenset({"when", "count", "window", "block", "route"})
+# A block duration: seconds, or a number with a unit ("30s", "10m", "1h", "1d").
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])", re.ASCII)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TYPE_ROUTE_KEYS = {
     "file_serve": frozenset({"dir_path", "index", "dir_listing"}),
     "redirect": frozenset({"http_status_code", "redirect_url"}),
-    "reverse_proxy": frozenset({"upstreams", "lb_method", "max_fails", "fail_timeout", "timeouts"}),
+    "reverse_proxy": frozenset(
+        {"upstreams", "lb_method", "max_fails", "fail_timeout", "timeouts", "ca_file", "tls_verify"}
+    ),
     "metrics": frozenset(),
 }
 _ALL_ROUTE_KEYS = _COMMON_ROUTE_KEYS.union(*_TYPE_ROUTE_KEYS.values())
@@ -80,6 +105,7 @@ _HOSTNAME_RE = re.compile(
 # A Unix socket path lives in sockaddr_un.sun_path: 108 bytes including the final NUL.
 _MAX_UNIX_PATH_BYTES = 107
 _MISSING: Any = object()
+_PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
 
 
 class ConfigError(Exception):
@@ -96,6 +122,21 @@ def load_config(path: str) -> Config:
     Relative paths inside it resolve against the file's folder. Raises :class:`ConfigError`
     for an unreadable file, malformed JSON (with line and column) or any invalid value.
     """
+    return config_from(read_config(path), path)
+
+
+def config_from(data: object, path: str) -> Config:
+    """Validate `data`, the decoded content of the config file at `path`."""
+    abs_path = os.path.abspath(path)
+    config = parse_config(data, os.path.dirname(abs_path))
+    config.path = abs_path
+    return config
+
+
+def read_config(path: str) -> object:
+    """The config file at `path`, decoded but not validated (what a master hands its workers,
+    so they run what it validated even if the file changes meanwhile); ConfigError if it
+    cannot be read or decoded."""
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
@@ -112,10 +153,7 @@ def load_config(path: str) -> Config:
     except (ValueError, RecursionError) as exc:
         # Integers past Python's digit limit raise plain ValueError; deep nesting recurses.
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    abs_path = os.path.abspath(path)
-    config = parse_config(data, os.path.dirname(abs_path))
-    config.path = abs_path
-    return config
+    return data
 
 
 def parse_config(data: object, base_dir: str) -> Config:
@@ -197,12 +235,45 @@ def _address(text: str) -> tuple[str, int] | None:
     return (host, port) if 1 <= port <= 65535 else None
 
 
+def _check_cert_pair(cert: str, key: str) -> str | None:
+    """Why the certificate chain `cert` and its private key `key` cannot serve, or None."""
+
+    def no_passphrase() -> bytes:
+        raise ValueError  # an encrypted key would otherwise make OpenSSL prompt for one
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
+    except ValueError:
+        return f"the key {key} is encrypted: give an unencrypted key file"
+    except ssl.SSLError as exc:
+        # A reason code, else the message less its source line ("PEM lib (_ssl.c:3905)").
+        reason = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+        reason = re.sub(r" \(_ssl\.c:\d+\)$", "", reason)
+        return f"cannot use certificate {cert} with key {key}: {reason}"
+    except OSError as exc:
+        return f"cannot read {exc.filename or cert + ' or ' + key}: {exc.strerror or exc}"
+    return None
+
+
+def _check_ca_file(path: str) -> str | None:
+    """Why `path` is no usable CA bundle (PEM certificates), or None."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        return f"no CA certificate could be read from {path}: {exc.reason or exc}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
 class _Checker:
     """One validation pass: builds the model and collects problems instead of raising early."""
 
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
         self.problems: list[str] = []
+        # Certificate pairs already checked, with the problem found (None: usable).
+        self.cert_checks: dict[tuple[str, str], str | None] = {}
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -266,6 +337,15 @@ class _Checker:
             return value
         return default
 
+    def workers(self, value: object) -> int:
+        """`workers`: an integer in 1..MAX_WORKERS, or "auto" for one per CPU core."""
+        if value == "auto":
+            return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        if not _is_int(value) or not 1 <= value <= MAX_WORKERS:
+            self.expected("workers", f'an integer in 1..{MAX_WORKERS} or "auto"', value)
+            return 1
+        return value
+
     def boolean(self, data: dict[str, Any], key: str, path: str, default: bool) -> bool:
         value = data.get(key, _MISSING)
         if value is _MISSING:
@@ -328,7 +408,7 @@ class _Checker:
     def top(self, top: dict[str, Any], config: Config) -> None:
         if "server_name" in top:
             config.server_name = self.text(top["server_name"], "server_name") or "eXpServer"
-        config.workers = self.integer(top, "workers", "", 1, 1)
+        config.workers = self.workers(top.get("workers", 1))
         config.top_clients = self.integer(top, "top_clients", "", config.top_clients, 0, 1_000_000)
         config.histograms = self.boolean(top, "histograms", "", config.histograms)
         for key in ("access_log", "state_file", "control_socket"):
@@ -367,6 +447,16 @@ class _Checker:
                     numbered.append((i, server))
                     config.servers.append(server)
             self.check_shared_hostnames(numbered)
+            self.check_tls_ports(numbered)
+            self.check_https_upstreams(numbered)
+        for where, item in self.items(top, "allowlist", ""):
+            network = self.network(item, where)
+            if network is not None:
+                config.allowlist.append(network)
+        for where, item in self.items(top, "auto_block", ""):
+            rule = self.auto_block(item, where, config)
+            if rule is not None:
+                config.auto_block.append(rule)
 
     def timeouts(self, value: object) -> Timeouts:
         timeouts = Timeouts()
@@ -422,10 +512,16 @@ class _Checker:
             listener = self.listener(item, where)
             if listener is None:
                 continue
-            if listener in listeners:
+            if any((lst.host, lst.port) == (listener.host, listener.port) for lst in listeners):
                 self.problem(where, f"duplicate listener {listener.host}:{listener.port}")
             else:
                 listeners.append(listener)
+        tls = self.tls(data["tls"], _join(path, "tls")) if "tls" in data else None
+        if tls is not None and listeners and all(lst.tls is None for lst in listeners):
+            self.problem(
+                _join(path, "tls"),
+                'the server has no TLS listener: give one of its listeners a "tls" object',
+            )
 
         hostnames: list[str] = []
         for where, item in self.items(data, "hostnames", path):
@@ -447,7 +543,7 @@ class _Checker:
             else:
                 seen[route.req_path] = where
                 routes.append(route)
-        return Server(listeners, hostnames, routes)
+        return Server(listeners, hostnames, routes, tls)
 
     def listener(self, value: object, path: str) -> Listener | None:
         data = self.obj(value, path, _LISTENER_KEYS)
@@ -464,7 +560,72 @@ class _Checker:
             self.problem(_join(path, "port"), "required")
             return None
         port = self.integer(data, "port", path, 0, 1, 65535)
-        return Listener(host, port) if host is not None and port else None
+        tls = self.tls(data["tls"], _join(path, "tls")) if "tls" in data else None
+        return Listener(host, port, tls) if host is not None and port else None
+
+    def tls(self, value: object, path: str) -> Tls | None:
+        """A certificate chain and key that load together, and an optional min_version."""
+        data = self.obj(value, path, _TLS_KEYS)
+        if data is None:
+            return None
+        cert, key = (self.tls_file(data, name, path) for name in ("cert", "key"))
+        min_version = self.choice(data, "min_version", path, "TLSv1.2", TLS_VERSIONS)
+        if cert is None or key is None:
+            return None
+        problem = self.cert_checks.get((cert, key), _MISSING)
+        if problem is _MISSING:
+            problem = self.cert_checks[(cert, key)] = _check_cert_pair(cert, key)
+        if problem is not None:
+            self.problem(path, problem)
+            return None
+        return Tls(cert, key, min_version)
+
+    def tls_file(self, data: dict[str, Any], key: str, path: str) -> str | None:
+        """The absolute path of an existing file named by `key` (required)."""
+        where = _join(path, key)
+        if key not in data:
+            self.problem(where, "required")
+            return None
+        name = self.file_path(data[key], where)
+        if name is not None and not os.path.isfile(name):
+            self.problem(where, f"file not found: {name}")
+            return None
+        return name
+
+    def check_tls_ports(self, numbered: list[tuple[int, Server]]) -> None:
+        """One port speaks TLS or cleartext, whichever server names it."""
+        first: dict[tuple[str, int], tuple[bool, int]] = {}
+        for i, server in numbered:
+            for j, listener in enumerate(server.listeners):
+                secure = listener.tls is not None
+                key = (listener.host, listener.port)
+                other = first.setdefault(key, (secure, i))
+                if other[0] != secure:
+                    self.problem(
+                        f"servers[{i}].listeners[{j}]",
+                        f"{listener.host}:{listener.port} is "
+                        f"{'cleartext' if secure else 'TLS'} in servers[{other[1]}]: one port "
+                        "cannot mix TLS and cleartext",
+                    )
+
+    def check_https_upstreams(self, numbered: list[tuple[int, Server]]) -> None:
+        """Routes sharing an https upstream share its connections: they must agree on how its
+        certificate is verified."""
+        seen: dict[tuple[str, int], tuple[str | None, bool, str]] = {}
+        for i, server in numbered:
+            for j, route in enumerate(server.routes):
+                for upstream in route.upstreams:
+                    if not upstream.tls:
+                        continue
+                    mine = (route.ca_file, route.tls_verify)
+                    where = f"servers[{i}].routes[{j}]"
+                    other = seen.setdefault((upstream.host, upstream.port), (*mine, where))
+                    if other[:2] != mine:
+                        self.problem(
+                            where,
+                            f"https upstream {upstream.host}:{upstream.port} is verified "
+                            f"differently in {other[2]} (ca_file, tls_verify must match)",
+                        )
 
     def hostname(self, value: object, path: str) -> str | None:
         """A name to match Host against, in find_server's form.
@@ -575,13 +736,99 @@ class _Checker:
         for key in ("ip_whitelist", "ip_blacklist"):
             networks: list[str] = getattr(route, key)
             for where, item in self.items(data, key, path):
-                text = self.text(item, where)
-                if text is None:
-                    continue
-                try:
-                    networks.append(str(ipaddress.ip_network(text, strict=False)))
-                except ValueError:
-                    self.expected(where, "an IP address or CIDR block", text)
+                network = self.network(item, where)
+                if network is not None:
+                    networks.append(network)
+        if "limit_req" in data:
+            route.limit_req = self.limit_req(data["limit_req"], _join(path, "limit_req"))
+        if "limit_conn" in data:
+            route.limit_conn = self.limit_conn(data["limit_conn"], _join(path, "limit_conn"))
+
+    def network(self, value: object, where: str) -> str | None:
+        """An IP address or CIDR block, in canonical form."""
+        text = self.text(value, where)
+        if text is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            self.expected(where, "an IP address or CIDR block", text)
+            return None
+
+    def limit_req(self, value: object, path: str) -> LimitReq | None:
+        data = self.obj(value, path, _LIMIT_REQ_KEYS)
+        if data is None:
+            return None
+        if "rate" not in data:
+            self.problem(_join(path, "rate"), "required")
+            return None
+        rate = self.number(data, "rate", path, 0.0)
+        burst = self.integer(data, "burst", path, 0, 0)
+        key = self.choice(data, "key", path, "ip", LIMIT_KEYS)
+        return LimitReq(rate, burst, key) if rate else None
+
+    def limit_conn(self, value: object, path: str) -> LimitConn | None:
+        data = self.obj(value, path, _LIMIT_CONN_KEYS)
+        if data is None:
+            return None
+        if "per_ip" not in data:
+            self.problem(_join(path, "per_ip"), "required")
+            return None
+        per_ip = self.integer(data, "per_ip", path, 0, 1)
+        return LimitConn(per_ip) if per_ip else None
+
+    def auto_block(self, value: object, path: str, config: Config) -> AutoBlockRule | None:
+        data = self.obj(value, path, _AUTO_BLOCK_KEYS)
+        if data is None:
+            return None
+        missing = [key for key in ("when", "count", "window", "block") if key not in data]
+        for key in missing:
+            self.problem(_join(path, key), "required")
+        when = self.choice(data, "when", path, "", AUTO_BLOCK_EVENTS)
+        count = self.integer(data, "count", path, 0, 1)
+        window = self.number(data, "window", path, 0.0)
+        block = self.duration(data.get("block"), _join(path, "block")) if "block" in data else 0
+        route = None
+        if "route" in data:
+            route = self.rule_route(data["route"], _join(path, "route"), config)
+            if route is None:
+                return None
+        if missing or not (when and count and window and block):
+            return None
+        return AutoBlockRule(when, count, window, block, route)
+
+    def duration(self, value: object, where: str) -> float:
+        """Seconds > 0: a number, or a string such as "30s", "10m", "1h", "1d"; 0 if bad."""
+        seconds: float = 0.0
+        if _is_number(value):
+            try:
+                seconds = float(value)
+            except OverflowError:
+                seconds = math.inf
+        elif isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
+            seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+        if seconds > 0 and math.isfinite(seconds):
+            return seconds
+        self.expected(where, 'a duration > 0 such as 30, "30s", "10m", "1h" or "1d"', value)
+        return 0.0
+
+    def rule_route(self, value: object, where: str, config: Config) -> str | None:
+        """The key of the route an auto_block rule watches: "/login" (servers[0]) or
+        "N:/login" (servers[N]), naming a configured route."""
+        text = self.text(value, where)
+        if text is None:
+            return None
+        index = 0
+        head, sep, rest = text.partition(":")
+        if sep and head.isascii() and head.isdigit():
+            index, text = int(head), rest
+        if len(text) > 1 and text.endswith("/"):
+            text = text[:-1]
+        servers = config.servers
+        if index < len(servers) and text in servers[index].route_map:
+            return route_key(index, text)
+        self.expected(where, "the req_path of a configured route ('/login' or '1:/login')", value)
+        return None
 
     def file_serve(self, data: dict[str, Any], path: str, route: Route) -> None:
         if self.required(data, "dir_path", path, "file_serve"):
@@ -617,7 +864,14 @@ class _Checker:
                 codes = ", ".join(map(str, REDIRECT_CODES))
                 self.expected(_join(path, "http_status_code"), f"one of {codes}", code)
         if self.required(data, "redirect_url", path, "redirect"):
-            route.redirect_url = self.text(data["redirect_url"], _join(path, "redirect_url")) or ""
+            where = _join(path, "redirect_url")
+            route.redirect_url = self.text(data["redirect_url"], where) or ""
+            for name in _PLACEHOLDER_RE.findall(route.redirect_url):
+                if name not in REDIRECT_PLACEHOLDERS:
+                    self.problem(
+                        where,
+                        f"unknown placeholder {name}: use " + " or ".join(REDIRECT_PLACEHOLDERS),
+                    )
 
     def reverse_proxy(self, data: dict[str, Any], path: str, route: Route) -> None:
         if self.required(data, "upstreams", path, "reverse_proxy"):
@@ -636,6 +890,23 @@ class _Checker:
             for key in ("upstream_connect", "upstream_read"):
                 if timeouts is not None and key in timeouts:
                     setattr(route, f"{key}_timeout", self.number(timeouts, key, where, 0.0))
+        route.tls_verify = self.boolean(data, "tls_verify", path, True)
+        if "ca_file" in data:
+            where = _join(path, "ca_file")
+            ca_file = self.file_path(data["ca_file"], where)
+            if ca_file is not None:
+                problem = _check_ca_file(ca_file)
+                if problem is None:
+                    route.ca_file = ca_file
+                else:
+                    self.problem(where, problem)
+        if (
+            ("ca_file" in data or "tls_verify" in data)
+            and route.upstreams
+            and not any(upstream.tls for upstream in route.upstreams)
+        ):
+            key = "ca_file" if "ca_file" in data else "tls_verify"
+            self.problem(_join(path, key), "applies to https:// upstreams only; none listed")
 
     def upstream(self, value: object, path: str) -> Upstream | None:
         weight = 1
@@ -652,8 +923,12 @@ class _Checker:
         if not isinstance(value, str):
             self.expected(path, "a string", value)
             return None
-        address = _address(value)
+        tls = value.startswith("https://")
+        text = value.removeprefix("https://") if tls else value
+        if tls and ":" not in text.rpartition("]")[2]:
+            text += ":443"
+        address = _address(text)
         if address is None:
-            self.expected(path, "'host:port'", value)
+            self.expected(path, "'https://host[:port]'" if tls else "'host:port'", value)
             return None
-        return Upstream(address[0], address[1], weight)
+        return Upstream(address[0], address[1], weight, tls)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from xps_server.core.loop import EPOLLERR, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
 from xps_server.core.pipe import FileSegment, Pipe
@@ -23,6 +23,14 @@ MSG_MORE = socket.MSG_MORE
 
 # What accept() gives for an AF_INET / AF_INET6 peer (the control socket passes ("unix", 0)).
 Peer = tuple[str, int] | tuple[str, int, int, int]
+
+
+class TlsInfo(TypedDict):
+    """A TLS connection as the operator sees it (`Connection.tls_info`)."""
+
+    version: str | None  # None until the handshake is done
+    cipher: str | None
+    sni: str | None  # the name the client asked for, if it sent one
 
 
 class ConnectionHandler(Protocol):
@@ -85,6 +93,7 @@ class Connection:
         "sock",
         "writing",
     )
+    scheme = "http"  # what X-Forwarded-Proto says for this client
 
     handler: ConnectionHandler
 
@@ -268,7 +277,15 @@ class Connection:
             self.writing = True
             self.loop.modify(self.fd, WRITE_MASK)
 
+    def tls_info(self) -> TlsInfo | None:
+        """TLS version, cipher and SNI name, for the operator; None in cleartext."""
+        return None
+
     # --- teardown ---------------------------------------------------------------------------
+    def shutdown_write(self) -> None:
+        """Send our FIN (a lingering close): the client may still send, we send no more."""
+        self.sock.shutdown(socket.SHUT_WR)
+
     def close(self) -> None:
         if self.closed:
             return

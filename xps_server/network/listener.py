@@ -10,11 +10,14 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from xps_server.core.loop import EPOLLIN, Loop
 from xps_server.core.throttle import LogThrottle
 from xps_server.network.connection import Peer
+
+if TYPE_CHECKING:
+    from xps_server.network.tls import TlsEndpoint
 
 log = logging.getLogger("xps.listener")
 
@@ -33,28 +36,47 @@ def _family_for(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def listening_socket(host: str, port: int, reuseport: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket; OSError (nothing left open) on failure.
+
+    With `reuseport` (SO_REUSEPORT), several sockets can listen on the same address, the kernel
+    spreading new connections among them: one per worker process."""
+    bind_host = "127.0.0.1" if host == "localhost" else host
+    sock = socket.socket(_family_for(bind_host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((bind_host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Listener(Generic[_Server]):
-    """One bound, listening, non-blocking socket on the loop."""
+    """One listening, non-blocking socket on the loop: bound here, or `sock` bound already
+    (a worker's, handed over by its master)."""
 
     def __init__(
-        self, loop: Loop, host: str, port: int, on_accept: AcceptCallback[_Server]
+        self,
+        loop: Loop,
+        host: str,
+        port: int,
+        on_accept: AcceptCallback[_Server],
+        sock: socket.socket | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
         self.servers: list[_Server] = []
+        self.tls: TlsEndpoint | None = None  # when clients here speak TLS (the core sets it)
         self._on_accept = on_accept
-        bind_host = "127.0.0.1" if host == "localhost" else host
-        self.family = _family_for(bind_host)
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((bind_host, port))
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        if sock is None:
+            sock = listening_socket(host, port)
+        self.family = sock.family
         self.sock = sock
         self.fd = sock.fileno()
         # Out of resources, accepting pauses: one timer looks again, one log line speaks for

@@ -7,7 +7,9 @@ the pool. `UpstreamState` is everything about one `host:port`, shared by every r
 names it: passive health, the operator's drain flag, counters, and the pool of idle
 keep-alive connections. `UpstreamRegistry` (the core's `upstreams`) holds the states by
 address and makes each reverse_proxy route's balancer over them; the console reads
-`snapshot()` and calls `drain` / `enable`.
+`snapshot()` and calls `drain` / `enable`. An `https://` upstream is its own address
+(`https://host:port`) whose connections are `TlsUpstreamConnection`s: they count as connected
+once the TLS handshake (certificate verified, SNI sent) is done, within the connect timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -24,6 +27,7 @@ from xps_server.events import UpstreamConnected, UpstreamFailed, UpstreamHealthC
 from xps_server.http.response_parser import ResponseParser
 from xps_server.network.balancer import Balancer
 from xps_server.network.connection import NO_HANDLER, READ_MASK, WRITE_MASK, Connection
+from xps_server.network.tls import TlsStream, client_context
 
 if TYPE_CHECKING:
     from collections import deque
@@ -50,9 +54,11 @@ class LocalConnectError(OSError):
     """A connect failed here, not at the upstream (see LOCAL_ERRNOS)."""
 
 
-def upstream_key(host: str, port: int) -> str:
-    """How an upstream is named: `host:port`, IPv6 literals in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def upstream_key(host: str, port: int, tls: bool = False) -> str:
+    """How an upstream is named: `host:port`, IPv6 literals in brackets; `https://` first for
+    an HTTPS upstream."""
+    key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"https://{key}" if tls else key
 
 
 class UpstreamHandler(Protocol):
@@ -167,6 +173,64 @@ class UpstreamConnection(Connection):
         self.close()  # idle too long
 
 
+class TlsUpstreamConnection(TlsStream, UpstreamConnection):
+    """A connection to an HTTPS upstream: `connecting` until the handshake is done, so what
+    the proxy writes meanwhile waits (in cleartext) in the pipe; a failed handshake is a
+    failed connect, and the next upstream is tried."""
+
+    __slots__ = ("cipher", "handshaking", "peer_done", "shut", "tls", "tls_in", "tls_out")
+
+    def __init__(self, loop: Loop, sock: socket.socket, state: UpstreamState) -> None:
+        super().__init__(loop, sock, state)
+        assert state.tls is not None
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        # server_hostname: SNI (never sent for an IP) and the name the certificate must carry.
+        self._tls_init(
+            state.tls.wrap_bio(incoming, outgoing, server_hostname=state.host), incoming, outgoing
+        )
+
+    @classmethod
+    def open(cls, loop: Loop, state: UpstreamState, handler: UpstreamHandler) -> UpstreamConnection:
+        conn = super().open(loop, state, handler)
+        if not conn.connecting:
+            assert isinstance(conn, TlsUpstreamConnection)
+            conn.connecting = True  # connected at once: the handshake is still to come
+            conn._handshake()
+        return conn
+
+    def _on_connect_event(self, mask: int) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err or not mask & EPOLLOUT:
+            self.handler.on_connect_failed(os.strerror(err) if err else "connect failed")
+            return
+        self.loop.handlers[self.fd] = self.on_event
+        self._handshake()
+
+    def _handshake_done(self) -> None:
+        self.connecting = False
+        self.handler.on_connect()
+        if not self.closed:
+            self._write()  # the request queued meanwhile
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.handler.on_connect_failed(f"TLS handshake: {reason}")
+
+    def _on_raw_eof(self) -> None:
+        if self.handshaking:
+            self._handshake_failed("closed by the upstream")
+        else:
+            super()._on_raw_eof()
+
+
+def _client_context(key: str, route: Route) -> ssl.SSLContext:
+    """The context an HTTPS upstream is verified with (routes naming it agree: the config
+    check says so)."""
+    if not route.tls_verify:
+        log.warning("%s: tls_verify is false, its certificate is not verified", key)
+    return client_context(route.ca_file, route.tls_verify)
+
+
 class UpstreamState:
     """One upstream address: health, drain flag, counters and its idle connection pool."""
 
@@ -190,14 +254,18 @@ class UpstreamState:
         "requests",
         "sockaddr",
         "stats",
+        "tls",
     )
 
-    def __init__(self, loop: Loop, bus: EventBus, host: str, port: int) -> None:
+    def __init__(
+        self, loop: Loop, bus: EventBus, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.loop = loop
         self.bus = bus
         self.host = host
         self.port = port
-        self.addr = upstream_key(host, port)
+        self.tls = tls  # an HTTPS upstream's client context
+        self.addr = upstream_key(host, port, tls is not None)
         self.draining = False
         self.down_until = 0.0  # loop clock; out of rotation until then
         self.fails = 0  # failures counted toward max_fails
@@ -235,7 +303,8 @@ class UpstreamState:
 
     def connect(self, handler: UpstreamHandler) -> UpstreamConnection:
         """A fresh connection (connecting); raises OSError if it fails at once."""
-        conn = UpstreamConnection.open(self.loop, self, handler)
+        kind = UpstreamConnection if self.tls is None else TlsUpstreamConnection
+        conn = kind.open(self.loop, self, handler)
         self.connects += 1
         if not conn.connecting:
             self.connected()  # at once (rare even on loopback): no on_connect will follow
@@ -367,12 +436,14 @@ class UpstreamRegistry(dict[str, UpstreamState]):
         for server in config.servers:
             for route in server.routes:
                 for upstream in route.upstreams if route.type == "reverse_proxy" else ():
-                    key = upstream_key(upstream.host, upstream.port)
+                    key = upstream_key(upstream.host, upstream.port, upstream.tls)
                     state = seen.get(key) or self.get(key)
                     if state is None:
                         state = UpstreamState(self.loop, self.bus, upstream.host, upstream.port)
                     elif key not in seen:
                         state.resolve()
+                    if upstream.tls and key not in seen:
+                        state.tls = _client_context(key, route)
                     seen[key] = state
         for key, state in self.items():
             if key not in seen:
@@ -385,10 +456,13 @@ class UpstreamRegistry(dict[str, UpstreamState]):
         """A balancer over the states of `route`'s upstreams (added if the registry lacks one)."""
         peers = []
         for upstream in route.upstreams:
-            key = upstream_key(upstream.host, upstream.port)
+            key = upstream_key(upstream.host, upstream.port, upstream.tls)
             state = self.get(key)
             if state is None:
-                state = self[key] = UpstreamState(self.loop, self.bus, upstream.host, upstream.port)
+                tls = _client_context(key, route) if upstream.tls else None
+                state = self[key] = UpstreamState(
+                    self.loop, self.bus, upstream.host, upstream.port, tls
+                )
             peers.append((state, upstream.weight))
         return Balancer(peers, route.lb_method)
 

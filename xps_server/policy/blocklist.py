@@ -1,9 +1,11 @@
 """The runtime block list: addresses and CIDR blocks an operator refused, beside the config.
 
-An entry is a network, a scope and an optional expiry. The scope is None for a global block
-(refused at accept time) or a route key (that route answers 403). Expiry is wall-clock time,
-so it means the same after a restart. This module is pure data: the core schedules expiry on
-its loop, applies the sets to routes and persists the entries (`format`) in the state file.
+An entry is a network, a scope, an optional expiry and an optional reason (what made it,
+e.g. "auto: rate_limited 100/10s"; none for an operator's block). The scope is None for a
+global block (refused at accept time) or a route key (that route answers 403). Expiry is
+wall-clock time, so it means the same after a restart. This module is pure data: the core
+schedules expiry on its loop, applies the sets to routes and persists the entries (`format`)
+in the state file.
 
 Every change is incremental, whatever the number of entries: adding or removing a block is
 one NetSet operation on its scope's set (`global_set` or `route_sets[route]`, changed in
@@ -17,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from .acl import NetSet, parse_network
 
@@ -30,6 +32,7 @@ class SavedBlock(TypedDict):
     cidr: str
     route: str | None
     expires_at: float | None
+    reason: NotRequired[str]
 
 
 class BlockList:
@@ -39,6 +42,7 @@ class BlockList:
         self.entries: dict[tuple[str | None, str], float | None] = {}
         # Connections or requests each entry refused, since it was added (not persisted).
         self.hits: dict[tuple[str | None, str], int] = {}
+        self.reasons: dict[tuple[str | None, str], str] = {}  # only entries with a reason
         self.global_set: NetSet | None = None  # what accept checks; None when nothing is blocked
         self.route_sets: dict[str, NetSet] = {}  # only routes with blocks
         # (expires_at, tie-breaker, route, network); live while `entries` has that expiry.
@@ -46,13 +50,23 @@ class BlockList:
         self._timed = 0  # entries with an expiry (the live heap entries)
         self._pushed = 0
 
-    def add(self, network: str, route: str | None, expires_at: float | None) -> bool:
-        """Block `network` (already canonical) globally or on `route`; replaces an expiry.
-        False if exactly that entry was there already."""
+    def add(
+        self, network: str, route: str | None, expires_at: float | None, reason: str | None = None
+    ) -> bool:
+        """Block `network` (already canonical) globally or on `route`; replaces an expiry and
+        a reason. False if exactly that entry was there already."""
         key = (route, network)
         old = self.entries.get(key, _MISSING)
-        if old == expires_at:
+        reasons = self.reasons
+        if reason != reasons.get(key):
+            if reason is None:
+                del reasons[key]
+            else:
+                reasons[key] = reason
+        elif old == expires_at:
             return False
+        if old == expires_at:
+            return True  # only the reason changed
         self.entries[key] = expires_at
         if old is _MISSING:
             self._set_for(route).add(network)
@@ -70,6 +84,7 @@ class BlockList:
         if at is _MISSING:
             return False
         self.hits.pop((route, network), None)
+        self.reasons.pop((route, network), None)
         if at is not None:
             self._timed -= 1
             self._compact_if_stale()
@@ -88,6 +103,7 @@ class BlockList:
                 continue  # unblocked or given another expiry since
             del entries[key]
             self.hits.pop(key, None)
+            self.reasons.pop(key, None)
             self._timed -= 1
             self._drop_from_set(route, network)
             gone.append(key)
@@ -118,6 +134,7 @@ class BlockList:
         """Live entries, global ones first, as JSON-able dicts."""
         rows = []
         hits = self.hits
+        reasons = self.reasons
         for key, at in self.entries.items():
             if at is not None and at <= now:
                 continue  # expired, about to be dropped by the timer
@@ -129,6 +146,7 @@ class BlockList:
                     "expires_at": at,
                     "expires_in": None if at is None else round(at - now, 3),
                     "hits": hits.get(key, 0),
+                    "reason": reasons.get(key),
                 }
             )
         rows.sort(key=lambda row: (row["route"] is not None, row["route"] or "", row["cidr"]))
@@ -136,11 +154,21 @@ class BlockList:
 
     # --- persistence ------------------------------------------------------------------------
     @staticmethod
-    def format(entries: Iterable[tuple[tuple[str | None, str], float | None]]) -> list[SavedBlock]:
-        """Entries (as `entries.items()` has them, or a copy) as the state file keeps them."""
-        return [
-            {"cidr": network, "route": route, "expires_at": at} for (route, network), at in entries
-        ]
+    def format(
+        entries: Iterable[tuple[tuple[str | None, str], float | None]],
+        reasons: dict[tuple[str | None, str], str],
+    ) -> list[SavedBlock]:
+        """Entries (as `entries.items()` has them, or a copy) and their reasons (`reasons` or
+        a copy) as the state file keeps them."""
+        saved: list[SavedBlock] = []
+        for key, at in entries:
+            route, network = key
+            block: SavedBlock = {"cidr": network, "route": route, "expires_at": at}
+            reason = reasons.get(key)
+            if reason is not None:
+                block["reason"] = reason
+            saved.append(block)
+        return saved
 
     def load_json(self, items: object, now: float) -> list[str]:
         """Add the entries of a saved list, skipping expired ones; returns problems found."""
@@ -160,11 +188,14 @@ class BlockList:
                     isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at)
                 ):
                     raise ValueError("expires_at must be a number or null")
+                reason = item.get("reason")
+                if reason is not None and not isinstance(reason, str):
+                    raise ValueError("reason must be a string or null")
             except ValueError as exc:
                 problems.append(f"blocks[{i}]: {exc}")
                 continue
             if at is None or at > now:
-                self.add(network, route, at)
+                self.add(network, route, at, reason)
         return problems
 
     # --- sets and heap ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ nothing of `xps_server.server`: the container is handed the table of handlers wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ class Services(Protocol):
     def stats(self) -> Counters: ...  # read-only here, so the core's own `Stats` satisfies it
     def metrics_snapshot(self) -> dict[str, Any]: ...
     def metrics_prometheus(self) -> str: ...
+    def fleet_metrics(
+        self, as_prometheus: bool, answer: Callable[[bytes | None], None]
+    ) -> bool: ...
 
 
 class Producer(Protocol):
@@ -90,6 +94,7 @@ class RouteContext(Protocol):
     def route_state(self) -> RouteSwitches | None: ...  # set before the handler runs
 
     def stream(self, producer: Producer) -> None: ...
+    def send_response(self, response: Response) -> int: ...  # a streamed request's whole answer
     def start_body(
         self, response: Response, gzip_level: int | None = None, collect: bool = False
     ) -> BodyStream | None: ...

@@ -28,14 +28,67 @@ def wants_prometheus(request: Request) -> bool:
     return ("text/plain" in accept or "openmetrics" in accept) and "application/json" not in accept
 
 
-def serve_metrics(ctx: RouteContext, request: Request, route: Route, path: str) -> Response:
+def serve_metrics(ctx: RouteContext, request: Request, route: Route, path: str) -> Response | None:
     method = request.method
     if method != "GET" and method != "HEAD":
         return ctx.core.writer.error(405, ALLOW_FIELD)
-    if wants_prometheus(request):
-        body = ctx.core.metrics_prometheus().encode()
-        fields = _TEXT_FIELDS
-    else:
-        body = json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n"
-        fields = _JSON_FIELDS
+    as_prometheus = wants_prometheus(request)
+    fleet = FleetAnswer(ctx, as_prometheus)
+    if ctx.core.fleet_metrics(as_prometheus, fleet.answer):
+        # A worker: the answer comes (never within this call) once the master has every
+        # worker's figures.
+        ctx.stream(fleet)
+        return None
+    body, fields = own_figures(ctx, as_prometheus)
     return Response(200, fields, body, len(body))
+
+
+def own_figures(ctx: RouteContext, as_prometheus: bool) -> tuple[bytes, bytes]:
+    """This process's figures: the body and its header fields."""
+    if as_prometheus:
+        return ctx.core.metrics_prometheus().encode(), _TEXT_FIELDS
+    return json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n", _JSON_FIELDS
+
+
+class FleetAnswer:
+    """A worker's metrics request, answered once the master sends the fleet's figures."""
+
+    def __init__(self, ctx: RouteContext, as_prometheus: bool) -> None:
+        self.ctx: RouteContext | None = ctx
+        self.as_prometheus = as_prometheus
+        self.sent = False
+
+    def answer(self, body: bytes | None) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return  # the client left meanwhile
+        self.ctx = None
+        if body is None:
+            body, fields = own_figures(ctx, self.as_prometheus)
+        else:
+            fields = _TEXT_FIELDS if self.as_prometheus else _JSON_FIELDS
+        self.sent = True
+        stream = ctx.start_body(Response(200, fields, body, len(body)))
+        if stream is not None:
+            stream.write(body)
+            stream.end()
+        ctx.stream_done(200, len(body))
+
+    # --- the producer protocol: a metrics request's body, if any, is not read -------------
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_body_end(self) -> None:
+        pass
+
+    def body_full(self) -> bool:
+        return False
+
+    def resume(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.ctx = None
+
+    def responded(self) -> bool:
+        return self.sent

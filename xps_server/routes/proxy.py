@@ -70,6 +70,7 @@ HOP_BY_HOP = frozenset(
 # Fields we always write ourselves from what we parsed, so a peer never sees framing or a Host
 # other than ours: whatever a Connection header lists, these are never merely dropped.
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
+_OWS = " \t"  # the optional whitespace around a field value
 _FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
 _REQUEST_DROP = HOP_BY_HOP | _FORWARDED | _FRAMING | {"host"}
 _RESPONSE_DROP = HOP_BY_HOP | _FRAMING
@@ -95,7 +96,9 @@ def _connection_options(value: str | None) -> frozenset[str]:
     return frozenset(t.strip(" \t") for t in value.split(",")) - {"", "close", "keep-alive"}
 
 
-def upstream_request_head(request: Request, client_ip: str, upgrade: str | None = None) -> bytes:
+def upstream_request_head(
+    request: Request, client_ip: str, upgrade: str | None = None, scheme: str = "http"
+) -> bytes:
     """The request head for an upstream: always HTTP/1.1 with keep-alive, origin-form target,
     hop-by-hop fields and names with "_" dropped (as nginx does), X-Forwarded-For/-Proto/-Host
     set. Host and the body framing are written from what the parser decided, never copied: the
@@ -111,13 +114,16 @@ def upstream_request_head(request: Request, client_ip: str, upgrade: str | None 
     if options:
         drop = drop | options
     forwarded_for = None
-    for name, value in request.raw_headers:
+    # The checked head lines, read here once rather than through `raw_headers`' list.
+    for line in request.lines[1:]:
+        name, _, value = line.partition(":")
         lname = name.lower()
         if lname in drop or "_" in lname:
             if lname == "x-forwarded-for":
+                value = value.strip(_OWS)
                 forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
             continue
-        add(f"{name}: {value}\r\n")
+        add(f"{name}: {value.strip(_OWS)}\r\n")
     host = request.host
     add(f"Host: {host}\r\n" if host else "Host: localhost\r\n")
     if request.chunked:
@@ -129,7 +135,7 @@ def upstream_request_head(request: Request, client_ip: str, upgrade: str | None 
     if upgrade is not None:
         add(f"Connection: upgrade\r\nUpgrade: {upgrade}\r\n")
     add(f"X-Forwarded-For: {client_ip}\r\n")
-    add("X-Forwarded-Proto: http\r\n")
+    add(f"X-Forwarded-Proto: {scheme}\r\n")
     if host:
         add(f"X-Forwarded-Host: {host}\r\n")
     add("\r\n")
@@ -147,7 +153,11 @@ def _fields(
         options = _connection_options(connection)
         if options:
             drop = drop | options
-    lines = [f"{n}: {v}\r\n" for n, v in response.raw_headers if n.lower() not in drop]
+    lines = []
+    for line in response.lines[1:]:  # checked by the parser; as received, OWS trimmed
+        name, _, value = line.partition(":")
+        if name.lower() not in drop:
+            lines.append(f"{name}: {value.strip(_OWS)}\r\n")
     if more:
         lines.append(more)
     return "".join(lines).encode("latin-1")
@@ -243,6 +253,7 @@ class ProxyStream:
         "tried",
         "upgrade",
         "waiting_body",
+        "whole_sent",
     )
 
     def __init__(self, ctx: RouteContext, request: Request, route: Route) -> None:
@@ -262,13 +273,15 @@ class ProxyStream:
         self.read_timeout = timeouts.upstream_read if read is None else read
         # The protocols the request asks to switch to, when it may (routes.tunnel).
         self.upgrade = requested_upgrade(request) if "upgrade" in request.headers else None
-        self.head = upstream_request_head(request, ctx.conn.peer_ip, self.upgrade)
+        conn = ctx.conn
+        self.head = upstream_request_head(request, conn.peer_ip, self.upgrade, conn.scheme)
         self.phase = CONNECTING
         self.conn: UpstreamConnection | None = None
         self.state: UpstreamState | None = None
         self.sent_at = 0.0  # when the request went to the current upstream
         self.tried: list[UpstreamState] = []
         self.body: BodyStream | None = None  # the client's response body, once streaming
+        self.whole_sent = 0  # body bytes of a response sent whole (no body stream)
         self.status = 0
         self.keep_alive = False  # the upstream keeps the connection after this response
         self.body_started = False  # request body bytes went to an upstream: no retry
@@ -448,6 +461,25 @@ class ProxyStream:
         self.status = status
         self.keep_alive = upstream.keep_alive
         response, gzip_level = self._client_response(upstream)
+        conn = self.conn
+        assert conn is not None
+        parser = conn.parser
+        if (
+            gzip_level is None
+            and upstream.framing == LENGTH
+            and (parser.buffered >= upstream.content_length)
+        ):
+            # The whole body came with the head (the usual small answer): it goes out as one
+            # Response, head and body in one send, without a body stream. The end of the
+            # message is the parser's next event.
+            if upstream.content_length:
+                event = parser.next_event()
+                assert type(event) is Data
+                response.body = event.data
+            else:
+                response.body = b""
+            self.whole_sent = ctx.send_response(response)
+            return
         self.body = ctx.start_body(response, gzip_level)
 
     def _switch(self, upstream: UpstreamResponse) -> None:
@@ -559,7 +591,7 @@ class ProxyStream:
     # --- ends -----------------------------------------------------------------------------------
     def _sent(self) -> int:
         body = self.body
-        return body.sent if body is not None else 0
+        return body.sent if body is not None else self.whole_sent
 
     def _finish(self) -> None:
         """The whole response is queued for the client."""

@@ -27,7 +27,6 @@ takes both connections over:
 from __future__ import annotations
 
 import re
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -116,7 +115,7 @@ class _End:
         """The other side ended and all it sent is out: end our stream to this side too."""
         self.shut = True
         try:
-            self.conn.sock.shutdown(socket.SHUT_WR)
+            self.conn.shutdown_write()  # over TLS, close_notify first
         except OSError:
             self.tunnel.close()
             return

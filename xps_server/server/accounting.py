@@ -119,8 +119,9 @@ class Accounting:
                     session.top_5xx,
                     last.path if last is not None else "",
                     refused,
+                    session.top_limited,
                 )
-            session.top_refused = session.top_4xx = session.top_5xx = 0
+            session.top_refused = session.top_4xx = session.top_5xx = session.top_limited = 0
             session.top_requests = session.requests
             session.top_sent = sent
         if top is not None:

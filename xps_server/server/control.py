@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
-from xps_server.network.connection import Connection
+from xps_server.network.connection import Connection, TlsInfo
 from xps_server.server.commands import NUMBER, Arg, Command, CommandError
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ class SessionRow(TypedDict):
     bytes_in: int
     bytes_out: int
     age: float
+    tls: TlsInfo | None
 
 
 def session_row(session: Session, now: float) -> SessionRow:
@@ -110,6 +111,7 @@ def session_row(session: Session, now: float) -> SessionRow:
         "bytes_in": conn.bytes_in,
         "bytes_out": conn.bytes_out,
         "age": round(now - session.opened, 3),
+        "tls": conn.tls_info(),
     }
 
 
@@ -211,12 +213,15 @@ def _session(core: Core, args: dict[str, Any]) -> dict[str, Any]:
             "ago": round(now - session.last_done, 3),
         },
         "upstream": session.upstream or None,
-        "tls": None,
     }
 
 
 def _block(core: Core, args: dict[str, Any]) -> Any:
     return _policy(lambda: core.block(args["cidr"], route=args["route"], seconds=args["seconds"]))
+
+
+def _blocks(core: Core, args: dict[str, Any]) -> Any:
+    return core.blocks()
 
 
 def _unblock(core: Core, args: dict[str, Any]) -> Any:
@@ -331,6 +336,11 @@ COMMANDS: dict[str, Command] = {
             persisted=True,
         ),
         Command(
+            "blocks",
+            "the runtime blocks: address or CIDR, route, expiry, hits and reason (what made it)",
+            _blocks,
+        ),
+        Command(
             "unblock",
             "lift a block, global or on one route",
             _unblock,
@@ -420,24 +430,34 @@ class CommandAPI:
             self._announce(command, args, reply)
             done(reply)
 
-    def _apply(self, message: Any) -> tuple[Command | None, dict[str, Any], dict[str, Any]]:
+    @staticmethod
+    def lookup(message: Any) -> tuple[Command, dict[str, Any]]:
+        """(command, its arguments as sent) of a command message; CommandError if it is not
+        an object, names no command, or its `args` is not an object."""
         if not isinstance(message, dict):
-            return None, {}, {"ok": False, "error": "a command is a JSON object with a 'cmd' key"}
+            raise CommandError("a command is a JSON object with a 'cmd' key")
         name = message.get("cmd")
         args = message.get("args", {})
         if args is None:
             args = {}
         command = COMMANDS.get(name) if isinstance(name, str) else None
         if command is None:
-            return None, {}, {"ok": False, "error": f"unknown command {name!r}"}
+            raise CommandError(f"unknown command {name!r}")
         if not isinstance(args, dict):
-            return None, {}, {"ok": False, "error": "'args' must be a JSON object"}
+            raise CommandError("'args' must be a JSON object")
+        return command, args
+
+    def _apply(self, message: Any) -> tuple[Command | None, dict[str, Any], dict[str, Any]]:
+        try:
+            command, args = self.lookup(message)
+        except CommandError as exc:
+            return None, {}, {"ok": False, "error": str(exc)}
         try:
             reply = {"ok": True, "result": command.handler(self.core, command.parse(args))}
         except CommandError as exc:
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:
-            log.exception("command %s failed", name)
+            log.exception("command %s failed", command.name)
             reply = {"ok": False, "error": f"internal error: {exc}"}
         return command, args, reply
 

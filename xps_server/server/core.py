@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from xps_server.config import Config, ConfigError, load_config
+from xps_server.config import Config, ConfigError, Tls, load_config
 from xps_server.core.loop import Loop
 from xps_server.disk.file import FileCache
 from xps_server.disk.gzip import GzipCache
@@ -24,15 +24,18 @@ from xps_server.events import (
     ConnectionOpened,
     EventBus,
     RequestFinished,
+    TlsError,
 )
 from xps_server.http.writer import ResponseWriter
 from xps_server.network.connection import Connection, Peer
 from xps_server.network.listener import Listener
-from xps_server.network.upstream import UpstreamRegistry
+from xps_server.network.tls import TlsConnection, TlsEndpoint, TlsSetupError, server_context
+from xps_server.network.upstream import UpstreamRegistry, upstream_key
 from xps_server.routes.base import RouteHandler
 from xps_server.server.accesslog import AccessLog
 from xps_server.server.accounting import Accounting
 from xps_server.server.fleetlink import FleetLink
+from xps_server.server.limiting import Limiting
 from xps_server.server.metrics import Stats, prometheus, snapshot
 from xps_server.server.routing import RouteState, Routing, ServerView
 from xps_server.server.runtime import Runtime
@@ -40,6 +43,8 @@ from xps_server.server.session import Session
 from xps_server.toptalkers import TopTalkers
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from xps_server.config import Fleet
 
 log = logging.getLogger("xps.core")
@@ -49,9 +54,16 @@ class Core:
     """Everything one running server holds."""
 
     def __init__(
-        self, config: Config, handlers: Mapping[str, RouteHandler], loop: Loop | None = None
+        self,
+        config: Config,
+        handlers: Mapping[str, RouteHandler],
+        loop: Loop | None = None,
+        state: dict[str, Any] | None = None,
+        first_session: int = 1,
     ) -> None:
-        """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`)."""
+        """`handlers`: what answers each route type (`xps_server.routes.HANDLERS`). A worker
+        process passes `state`, the runtime state its master owns (the state file is the
+        master's), and `first_session`, so session ids are unique across the workers."""
         self.config = config
         self.loop = loop or Loop()
         self.writer = ResponseWriter(config.server_name)
@@ -65,6 +77,8 @@ class Core:
         # here too because every request records into it.
         self.accounting = Accounting(self.loop, self.bus)
         self.top: TopTalkers | None = None
+        # Rate and connection limits per route, and the automatic blocks.
+        self.limiting = Limiting(self)
         self.routing = self._configure(config)
         self.listeners: dict[tuple[str, int], Listener[ServerView]] = {}
         self.sessions: dict[int, Session] = {}
@@ -74,25 +88,31 @@ class Core:
         # Open sessions by client address as accept() gave it: what a global block closes.
         self.sessions_by_ip: dict[str, dict[int, Session]] = {}
         self.draining = False
+        # In a worker process: how the metrics route asks the master for the fleet's figures.
+        self.fleet: Callable[[bool, Callable[[bytes | None], None]], None] | None = None
         self.route_handlers = handlers
-        self._next_session_id = 0
+        self._next_session_id = first_session - 1
         self.access_log = AccessLog(config.access_log, self.loop) if config.access_log else None
         # Operator changes (blocks, gzip toggles, drains) from the state file, over the config.
-        self.runtime = Runtime(self)
+        self.runtime = Runtime(self, state)
         self.runtime.attach(config, self.routing)
-        # The link to the fleet's Redis (config `fleet`), from `start` on.
+        # The link to the fleet's Redis (config `fleet`); its thread starts here.
         self.fleet_link: FleetLink | None = None
+        self.link_fleet(config.fleet)
 
     # --- listeners --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Bind every listener of the config; raises OSError (nothing left bound) on failure."""
-        self.listeners = self._bind(self.config, {})
-        self._serve(self.routing)
-        self._link_fleet(self.config.fleet)
+    def start(self, sockets: Mapping[tuple[str, int], socket.socket] | None = None) -> None:
+        """Load the certificates and bind every listener of the config, or take the listening
+        `sockets` given for them (a worker's, bound by its master); raises ConfigError (a
+        certificate that cannot be used) or OSError (nothing left bound) on failure."""
+        tls = self.tls_endpoints(self.config)
+        self.listeners = self._bind(self.config, {}, sockets or {})
+        self._serve(self.routing, tls)
 
-    def _link_fleet(self, settings: Fleet | None) -> None:
+    def link_fleet(self, settings: Fleet | None) -> None:
         """Share the runtime's changes with the fleet `settings` name (None: with nobody),
-        replacing the link there was (its thread stops on its own)."""
+        replacing the link there was (its thread stops on its own). Whatever owns the runtime
+        state links: a single server or a master, never a worker."""
         old = self.fleet_link
         if old is not None:
             old.close(wait=False)
@@ -102,16 +122,20 @@ class Core:
             self.runtime.fleet = self.fleet_link
 
     def _bind(
-        self, config: Config, keep: dict[tuple[str, int], Listener[ServerView]]
+        self,
+        config: Config,
+        keep: dict[tuple[str, int], Listener[ServerView]],
+        sockets: Mapping[tuple[str, int], socket.socket] | None = None,
     ) -> dict[tuple[str, int], Listener[ServerView]]:
-        """Listeners for `config`, reusing those in `keep`; on failure closes what it opened
-        and leaves those in `keep` serving what they served."""
+        """Listeners for `config`, reusing those in `keep` or taking the sockets given; on
+        failure closes what it opened and leaves those in `keep` serving what they served."""
         bound: dict[tuple[str, int], Listener[ServerView]] = {}
+        given = sockets or {}
         try:
             for key in config.listeners():
                 listener = keep.get(key)
                 if listener is None:
-                    listener = Listener(self.loop, key[0], key[1], self._on_accept)
+                    listener = Listener(self.loop, key[0], key[1], self._on_accept, given.get(key))
                 bound[key] = listener
         except OSError:
             for key, listener in bound.items():
@@ -120,10 +144,68 @@ class Core:
             raise
         return bound
 
-    def _serve(self, routing: Routing) -> None:
-        """Each listener answers with the views of the servers that share it."""
+    def _serve(self, routing: Routing, tls: dict[tuple[str, int], TlsEndpoint]) -> None:
+        """Each listener answers with the views of the servers that share it, and its
+        certificates on a TLS port."""
         for key, views in routing.listeners(self.config).items():
-            self.listeners[key].servers = views
+            listener = self.listeners[key]
+            listener.servers = views
+            listener.tls = tls.get(key)
+
+    def tls_endpoints(self, config: Config) -> dict[tuple[str, int], TlsEndpoint]:
+        """The certificates of each TLS listener of `config`, loaded now (before anything
+        changes, so a certificate that cannot be used leaves the running ones in service)."""
+        contexts: dict[tuple[str, str, str], SSLContext | None] = {}
+        problems: list[str] = []
+
+        def load(tls: Tls) -> SSLContext | None:
+            try:
+                return server_context(tls.cert, tls.key, tls.min_version)
+            except TlsSetupError as exc:
+                problems.append(f"tls: {exc}")
+                return None
+
+        endpoints: dict[tuple[str, int], TlsEndpoint] = {}
+        timeout = config.timeouts.tls_handshake
+        for key, servers in config.listener_tls().items():
+            # Its own default context per listener: that context's SNI callback is the
+            # listener's. Those SNI switches to are shared, each loaded once.
+            first = servers[0][1]
+            default = load(first)
+            by_name: dict[str, SSLContext | None] = {}
+            for server, listener_tls in servers:
+                tls = server.tls or listener_tls
+                if tls == first:
+                    context = default
+                else:
+                    cache_key = (tls.cert, tls.key, tls.min_version)
+                    if cache_key not in contexts:
+                        contexts[cache_key] = load(tls)
+                    context = contexts[cache_key]
+                for name in server.hostnames:
+                    by_name.setdefault(name, context)
+            usable = {name: ctx for name, ctx in by_name.items() if ctx is not None}
+            if default is not None and len(usable) == len(by_name):
+                endpoints[key] = TlsEndpoint(default, usable, timeout)
+        if problems:
+            raise ConfigError(list(dict.fromkeys(problems)))  # a file named twice: once
+        return endpoints
+
+    def tls_ready(self, conn: TlsConnection) -> None:
+        """A handshake completed: the request head is due within client_header from now."""
+        session = conn.handler
+        assert isinstance(session, Session)  # from accept to close
+        session.timer.reset(self.loop.now + self.config.timeouts.client_header)
+
+    def tls_failed(self, conn: TlsConnection, reason: str) -> None:
+        """A handshake failed or timed out, or a record was broken: counted and told."""
+        self.stats.tls_errors += 1
+        log.debug("TLS with %s:%d failed: %s", conn.peer_ip, conn.peer_port, reason)
+        bus = self.bus
+        if bus.active:
+            session = conn.handler
+            assert isinstance(session, Session)  # reported before the connection closes
+            bus.publish(TlsError(time.time(), session.id, conn.peer_ip, reason))
 
     def _configure(self, config: Config) -> Routing:
         """The routes of `config` with the state the server keeps for them: the upstreams and
@@ -136,6 +218,7 @@ class Core:
             if state.type == "reverse_proxy":
                 state.balancer = upstreams.balancer_for(state.route)
         self.accounting.configure(config, routing, upstreams)
+        self.limiting.configure(config, routing)
         self.top = self.accounting.top
         return routing
 
@@ -160,8 +243,14 @@ class Core:
         stats.conn_accepted += 1
         stats.conn_current += 1
         self._next_session_id += 1
-        conn = Connection(self.loop, sock, peer)
-        session = Session(self, listener, conn, self._next_session_id)
+        tls = listener.tls
+        if tls is None:
+            conn = Connection(self.loop, sock, peer)
+            session = Session(self, listener, conn, self._next_session_id)
+        else:
+            conn = TlsConnection(self.loop, sock, peer, tls, self)
+            session = Session(self, listener, conn, self._next_session_id)
+            session.timer.cancel()  # the handshake has its own deadline; the head's follows it
         self.sessions[session.id] = session
         same_ip = self.sessions_by_ip.get(conn.peer_ip)
         if same_ip is None:
@@ -183,6 +272,8 @@ class Core:
         if self.sessions.pop(session.id, None) is not None:
             stats = self.stats
             stats.conn_current -= 1
+            if session.limits_counted is not None:
+                self.limiting.close_session(session)
             conn = session.conn
             same_ip = self.sessions_by_ip[conn.peer_ip]
             del same_ip[session.id]
@@ -218,6 +309,8 @@ class Core:
         route_stats = session.route_stats
         if route_stats is not None:
             route_stats.record(status, elapsed)
+        if status >= 400 and self.limiting.watch_status:
+            self.limiting.status(session, status)
         if self.top is not None:
             # Counted on the session (its requests it counts anyway); the accounting reports
             # them to the tracker once a second.
@@ -288,7 +381,7 @@ class Core:
                         "gzip": state.gzip_enable,
                         "ip_whitelist": list(route.ip_whitelist),
                         "ip_blacklist": list(route.ip_blacklist),
-                        "upstreams": [f"{u.host}:{u.port}" for u in route.upstreams],
+                        "upstreams": [upstream_key(u.host, u.port, u.tls) for u in route.upstreams],
                         **(state.stats.summary(now) if state.stats is not None else {}),
                     }
                 )
@@ -318,6 +411,15 @@ class Core:
     def metrics_prometheus(self) -> str:
         """The same figures, and the latency histograms, as Prometheus text."""
         return prometheus(snapshot(self), self)
+
+    def fleet_metrics(self, as_prometheus: bool, answer: Callable[[bytes | None], None]) -> bool:
+        """In a worker process: ask the master for the figures of every worker, JSON or
+        Prometheus text; `answer` gets the body later (None: the master could not answer).
+        False, and nothing asked, in a server of one process."""
+        if self.fleet is None:
+            return False
+        self.fleet(as_prometheus, answer)
+        return True
 
     # --- operator functions (loop thread; JSON-able results, ValueError for bad input) -------
     def block(
@@ -358,21 +460,27 @@ class Core:
         return ok, message
 
     def apply(self, config: Config) -> None:
-        """Switch to `config`: new listeners bound first, then old ones closed."""
+        """Switch to `config`: certificates loaded and new listeners bound first, then old
+        ones closed. Established TLS connections keep the certificate they began with."""
+        tls = self.tls_endpoints(config)
         bound = self._bind(config, self.listeners)
         for key, listener in self.listeners.items():
             if key not in bound:
                 listener.close()
         self.listeners = bound
+        self.reconfigure(config)
+        self._serve(self.routing, tls)
+
+    def reconfigure(self, config: Config) -> None:
+        """Switch to `config` but for the listeners (`apply` binds them; a master has none)."""
         old_fleet = self.config.fleet
         self.config = config
         self.writer = ResponseWriter(config.server_name)
         self.files.clear()
         self.routing = self._configure(config)
         self.runtime.attach(config, self.routing)
-        self._serve(self.routing)
         if config.fleet != old_fleet:
-            self._link_fleet(config.fleet)
+            self.link_fleet(config.fleet)
         old_log = self.access_log
         if config.access_log != (old_log.path if old_log is not None else None):
             if old_log is not None:

@@ -4,7 +4,8 @@ names the same Redis in its `fleet` config.
 Redis holds the truth, in plain structures under the fleet's prefix (``xps`` below):
 
 - ``xps:blocks``, a hash: field ``<cidr>|<route>`` (route empty for a global block), value the
-  JSON ``{"expires_at": <unix time or null>, "by": <instance>}``; ``xps:blocks:expiry``, a
+  JSON ``{"expires_at": <unix time or null>, "reason": <the rule of an automatic block, or
+  null>, "by": <instance>}``; ``xps:blocks:expiry``, a
   sorted set of the timed fields scored by their expiry. Expired fields are pruned by every
   write and every full read (one Lua script each, so a write is atomic).
 - ``xps:gzip``, a hash route -> ``"1"``/``"0"``; ``xps:drained``, a set of ``host:port``.
@@ -431,7 +432,14 @@ class FleetLink:
         message = self._message(change)
         if op == "block":
             mode = _MERGE_OR_TELL if replayed else _SET
-            self._set_block(client, change["cidr"], change["route"], change["expires_at"], mode)
+            self._set_block(
+                client,
+                change["cidr"],
+                change["route"],
+                change["expires_at"],
+                change.get("reason"),
+                mode,
+            )
             return
         pipe = client.redis.pipeline(transaction=True)
         if op == "unblock":
@@ -456,11 +464,12 @@ class FleetLink:
         cidr: str,
         route: str | None,
         expires_at: float | None,
+        reason: str | None,
         mode: str,
         pipe: Any = None,
     ) -> Any:
-        change = {"op": "block", "cidr": cidr, "route": route}
-        value = json.dumps({"expires_at": expires_at, "by": self.settings.name})
+        change = {"op": "block", "cidr": cidr, "route": route, "reason": reason}
+        value = json.dumps({"expires_at": expires_at, "reason": reason, "by": self.settings.name})
         head = self._message(change)[:-1] + ', "expires_at": '
         args = [
             repr(time.time()),
@@ -479,8 +488,8 @@ class FleetLink:
         """Merge this instance's state into Redis, then read the fleet's back for the loop."""
         for start in range(0, len(state.blocks), RECONCILE_CHUNK):
             pipe = client.redis.pipeline(transaction=False)
-            for cidr, route, at in state.blocks[start : start + RECONCILE_CHUNK]:
-                self._set_block(client, cidr, route, at, _MERGE, pipe)
+            for cidr, route, at, reason in state.blocks[start : start + RECONCILE_CHUNK]:
+                self._set_block(client, cidr, route, at, reason, _MERGE, pipe)
             pipe.execute()
         redis = client.redis
         for route, enabled in state.gzip.items():
@@ -636,6 +645,12 @@ def _expiry(value: object) -> float | None:
     return float(value)
 
 
+def _reason(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("reason must be a string or null")
+    return value
+
+
 def _decode_block(field: bytes, value: bytes) -> dict[str, Any] | None:
     """A block as Redis holds it, as a change; None (logged) if malformed."""
     try:
@@ -648,6 +663,7 @@ def _decode_block(field: bytes, value: bytes) -> dict[str, Any] | None:
             "cidr": _cidr(cidr),
             "route": _route(route),
             "expires_at": _expiry(data.get("expires_at")),
+            "reason": _reason(data.get("reason")),
         }
     except ValueError as exc:
         log.warning("fleet: ignoring the malformed block %r: %s", field, exc)
@@ -671,6 +687,7 @@ def _decode_change(data: object) -> dict[str, Any] | None:
             change["cidr"] = _cidr(raw.get("cidr"))
             change["route"] = _route(raw.get("route"))
             change["expires_at"] = _expiry(raw.get("expires_at"))
+            change["reason"] = _reason(raw.get("reason"))
         elif op == "unblock":
             change["cidr"] = _cidr(raw.get("cidr"))
             change["route"] = _route(raw.get("route"))

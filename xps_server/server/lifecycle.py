@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from xps_server.config import Config
+from xps_server.config import Config, ConfigError
 from xps_server.routes import HANDLERS
 from xps_server.server.control import CommandAPI, ControlServer
 from xps_server.server.core import Core
@@ -46,6 +46,11 @@ class Server:
         """The running config: the one given, or the last one a reload applied."""
         return self.core.config if self.core is not None else self._config
 
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each listener, as bound."""
+        return [listener.address for listener in self._core().listeners.values()]
+
     def _core(self) -> Core:
         if self.core is None:
             raise RuntimeError("the server is not started")
@@ -54,7 +59,8 @@ class Server:
     # --- start and run --------------------------------------------------------------------
     def start(self, signals: bool = False) -> Core:
         """Build the core and bind every listener, and the control socket if the config names
-        one; returns the core, or raises OSError with nothing left bound. With `signals` (main
+        one; returns the core, or raises OSError (or ConfigError, for a certificate that
+        cannot be used) with nothing left bound. With `signals` (main
         thread only), SIGTERM and SIGINT shut down gracefully and SIGHUP reloads."""
         if self.core is not None:
             raise RuntimeError("the server is started already")
@@ -64,7 +70,7 @@ class Server:
         try:
             core.start()
             self.control = ControlServer(core, api, path) if path else None
-        except OSError:
+        except (OSError, ConfigError):
             core.close()
             raise
         self.core = core

@@ -41,6 +41,7 @@ class Stats:
         "res_time_peak",
         "res_time_total",
         "started",
+        "tls_errors",
         "traffic_recv_bytes",
         "traffic_send_bytes",
         "tunnels_current",
@@ -68,6 +69,7 @@ class Stats:
         self.gzip_responses = 0
         self.tunnels_current = 0  # upgraded connections (WebSocket) open now
         self.tunnels_total = 0
+        self.tls_errors = 0  # handshakes failed or timed out, broken records
 
     def record_response(self, status: int, elapsed: float) -> None:
         self.res_by_class[status // 100 if 100 <= status < 600 else 5] += 1
@@ -120,10 +122,12 @@ def snapshot(core: Core) -> dict[str, Any]:
         "traffic_total_recv_bytes": received,
         "acl_denied": stats.acl_denied,
         "conn_blocked": stats.conn_blocked,
+        "tls_errors": stats.tls_errors,
         "blocks_active": len(core.runtime.blocklist.entries),
         "gzip_responses": stats.gzip_responses,
         "tunnels_current": stats.tunnels_current,
         "tunnels_total": stats.tunnels_total,
+        **core.limiting.snapshot(),
     }
     now = core.loop.now
     data["routes"] = {key: stats.summary(now) for key, stats in core.accounting.routes.items()}
@@ -177,6 +181,13 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
         "Connections refused at accept by the global block list.",
         1,
     ),
+    (
+        "tls_errors",
+        "xps_tls_errors_total",
+        "counter",
+        "TLS handshakes failed or timed out, and broken TLS records.",
+        1,
+    ),
     ("req_current", "xps_requests_current", "gauge", "Requests in progress.", 1),
     ("req_total", "xps_requests_total", "counter", "Requests received.", 1),
     (
@@ -203,6 +214,13 @@ _PROMETHEUS: tuple[tuple[str, str, str, str, float], ...] = (
     ),
     ("acl_denied", "xps_acl_denied_total", "counter", "Requests denied (403) by an ACL.", 1),
     ("blocks_active", "xps_blocks_active", "gauge", "Entries in the runtime block list.", 1),
+    (
+        "auto_blocks",
+        "xps_auto_blocks_total",
+        "counter",
+        "Blocks applied by auto_block rules.",
+        1,
+    ),
     ("gzip_responses", "xps_gzip_responses_total", "counter", "Responses sent gzip'ed.", 1),
     (
         "tunnels_current",
@@ -288,11 +306,37 @@ def prometheus(data: dict[str, Any], core: Core | None = None) -> str:
         f"xps_response_time_seconds_sum {_number(data['res_time_total_msec'] / 1000)}",
         f"xps_response_time_seconds_count {data['res_total']}",
     ]
+    limited = data.get("rate_limited_routes")
+    if limited:
+        name = "xps_rate_limited_total"
+        lines += [
+            f"# HELP {name} Requests answered 429 by a route's limit_req or limit_conn.",
+            f"# TYPE {name} counter",
+        ]
+        for route, counts in limited.items():
+            for limit in ("req", "conn"):
+                lines.append(f'{name}{{route="{_label(route)}",limit="{limit}"}} {counts[limit]}')
     if core is not None:
         routes = core.accounting.routes.items()
         upstreams = [(a, s.stats) for a, s in core.upstreams.items() if s.stats is not None]
         lines += _histograms("xps_route_response_seconds", "route", routes, _ROUTE_HELP)
         lines += _histograms("xps_upstream_response_seconds", "upstream", upstreams, _UP_HELP)
+    return "\n".join(lines) + "\n"
+
+
+def fleet_prometheus(data: dict[str, Any]) -> str:
+    """A master's merged figures (`fleet.merge_metrics`) as Prometheus text: the fleet's
+    sums, and per worker its connections and requests."""
+    lines = [prometheus(data).rstrip("\n")]
+    for name, key, kind, text in (
+        ("xps_worker_connections_current", "conn_current", "gauge", "Open connections"),
+        ("xps_worker_requests_total", "req_total", "counter", "Requests received"),
+    ):
+        lines += [f"# HELP {name} {text}, per worker process.", f"# TYPE {name} {kind}"]
+        lines += [
+            f'{name}{{worker="{row["worker"]}",pid="{row["pid"]}"}} {row[key]}'
+            for row in data.get("per_worker", ())
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,13 @@
 """The routes of the running config as the server uses them.
 
 Config objects stay exactly as the loader made them. What the server keeps beside each route
-— its access check (config lists plus runtime blocks), the operator's gzip switch, its traffic
-figures and, for a proxy, its upstream balancer — lives in a `RouteState`, one per route key
-("/api", "1:/api"). A `ServerView` is a config server whose route table holds those states,
-so the request path finds a route and its state in the same lookup (`find_server` and
-`find_route` search views as they would servers). A reload builds a new `Routing`; what the
-operator changed is kept by route key and applied to it again.
+— its access check (config lists plus runtime blocks), the operator's gzip switch, its
+traffic figures, its rate and connection limits and, for a proxy, its upstream balancer —
+lives in a `RouteState`, one per route key ("/api", "1:/api"). A `ServerView` is a config
+server whose route table holds those states, so the request path finds a route and its state
+in the same lookup (`find_server` and `find_route` search views as they would servers). A
+reload builds a new `Routing`; what the operator changed is kept by route key and applied to
+it again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from xps_server.config import Config, Route, Server
     from xps_server.network.balancer import Balancer
     from xps_server.policy.acl import Access
+    from xps_server.server.limiting import RouteLimits
     from xps_server.traffic import TrafficStats
 
 
@@ -32,6 +34,7 @@ class RouteState:
         "blacklist",
         "gzip_enable",
         "key",
+        "limits",
         "req_path",
         "route",
         "stats",
@@ -51,6 +54,7 @@ class RouteState:
         self.access: Access | None = None
         self.stats: TrafficStats | None = None  # None when histograms are off
         self.balancer: Balancer | None = None  # reverse_proxy routes only
+        self.limits: RouteLimits | None = None  # None: no limit_req nor limit_conn
 
 
 class ServerView:

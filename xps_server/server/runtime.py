@@ -59,10 +59,10 @@ class Sharing(Protocol):
 
 
 class SharedState(NamedTuple):
-    """The part of the runtime state a fleet shares: blocks as (cidr, route, expires_at),
-    gzip overrides by route key, drained upstream addresses."""
+    """The part of the runtime state a fleet shares: blocks as (cidr, route, expires_at,
+    reason), gzip overrides by route key, drained upstream addresses."""
 
-    blocks: list[tuple[str, str | None, float | None]]
+    blocks: list[tuple[str, str | None, float | None, str | None]]
     gzip: dict[str, bool]
     drained: list[str]
 
@@ -70,7 +70,9 @@ class SharedState(NamedTuple):
 class Runtime:
     """The runtime layer of one core: block list, gzip overrides, drains, their persistence."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, state: dict[str, Any] | None = None) -> None:
+        """`state`: the runtime state to start from (a worker's, from its master) instead of
+        the state file's."""
         self.core = core
         self.blocklist = BlockList()
         self.gzip_overrides: dict[str, bool] = {}
@@ -84,7 +86,17 @@ class Runtime:
         self.state = StateWriter(core.loop, self._snapshot)
         # Where local changes go to be shared with the fleet (the fleet link); None: alone.
         self.fleet: Sharing | None = None
-        self._load()
+        # Told of each change another instance made, once applied here (a master fans it out
+        # to its workers); None: nobody.
+        self.on_shared: Callable[[dict[str, Any]], None] | None = None
+        if state is None:
+            self._load()
+        else:
+            self._restore(dict(state), "the master's runtime state")
+
+    def content(self) -> dict[str, Any]:
+        """The runtime state as the state file holds it (what a new worker starts from)."""
+        return self._snapshot()[1]()
 
     # --- config -------------------------------------------------------------------------------
     def attach(self, config: Config, routing: Routing) -> None:
@@ -136,7 +148,16 @@ class Runtime:
         return state.key, state
 
     # --- blocks -------------------------------------------------------------------------------
-    def block(self, cidr: object, route: object = None, seconds: object = None) -> dict[str, Any]:
+    def block(
+        self,
+        cidr: object,
+        route: object = None,
+        seconds: object = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Block `cidr` globally (route None) or on a route, for `seconds` or until unblocked;
+        `reason` says what made the block (None: the operator). Operators' commands and the
+        automatic blocks both come here."""
         network = _network(cidr)
         key = None if route is None else self.resolve(route)[0]
         expires_at = None
@@ -146,16 +167,30 @@ class Runtime:
             if not (math.isfinite(seconds) and seconds > 0):
                 raise CommandError(f"seconds must be a finite number > 0, got {seconds!r}")
             expires_at = time.time() + seconds
-        closed = self._put_block(network, key, expires_at)
-        self._share({"op": "block", "cidr": network, "route": key, "expires_at": expires_at})
+        closed = self._put_block(network, key, expires_at, reason)
+        change = {"op": "block", "cidr": network, "route": key, "expires_at": expires_at}
+        self._share({**change, "reason": reason})
         log.info(
-            "blocked %s %s%s (%d connections closed)",
+            "blocked %s %s%s (%d connections closed)%s",
             network,
             "globally" if key is None else f"on route {key}",
             "" if seconds is None else f" for {seconds:g} s",
             closed,
+            "" if reason is None else f": {reason}",
         )
-        return {"cidr": network, "route": key, "expires_at": expires_at, "closed": closed}
+        return {
+            "cidr": network,
+            "route": key,
+            "expires_at": expires_at,
+            "closed": closed,
+            "reason": reason,
+        }
+
+    def outlasts(self, ip: str, seconds: float) -> bool:
+        """Whether a global block of exactly `ip` already lasts at least `seconds` more (an
+        automatic block must never shorten one, an operator's least of all)."""
+        at = self.blocklist.entries.get((None, _network(ip)), _NONE)
+        return at is None or (at is not _NONE and at >= time.time() + seconds)
 
     def unblock(self, cidr: object, route: object = None) -> dict[str, Any]:
         network = _network(cidr)
@@ -173,9 +208,11 @@ class Runtime:
         self._share({"op": "unblock", "cidr": network, "route": key})
         return {"cidr": network, "route": key, "removed": removed}
 
-    def _put_block(self, network: str, key: str | None, expires_at: float | None) -> int:
+    def _put_block(
+        self, network: str, key: str | None, expires_at: float | None, reason: str | None
+    ) -> int:
         """Add or update a block and close what it refuses; the connections closed."""
-        if self.blocklist.add(network, key, expires_at):
+        if self.blocklist.add(network, key, expires_at, reason):
             self._blocks_changed(key)
         return self._close_connections(network, key)
 
@@ -288,7 +325,9 @@ class Runtime:
         skipped for gzip."""
         op = change["op"]
         if op == "block":
-            self._put_block(change["cidr"], change["route"], change["expires_at"])
+            self._put_block(
+                change["cidr"], change["route"], change["expires_at"], change.get("reason")
+            )
         elif op == "unblock":
             self._drop_block(change["cidr"], change["route"])
         elif op == "gzip":
@@ -309,11 +348,17 @@ class Runtime:
                 self.state.changed()
                 if addr in self.core.upstreams:
                     self.core.upstreams.enable(addr)
+        if self.on_shared is not None:
+            self.on_shared(change)
 
     def shared_state(self) -> SharedState:
         """Copies of what the fleet shares, as this instance holds it (for a reconciliation)."""
+        reasons = self.blocklist.reasons
         return SharedState(
-            [(network, route, at) for (route, network), at in self.blocklist.entries.items()],
+            [
+                (network, route, at, reasons.get((route, network)))
+                for (route, network), at in self.blocklist.entries.items()
+            ],
             dict(self.gzip_overrides),
             sorted(self.drained),
         )
@@ -364,12 +409,18 @@ class Runtime:
         from copies taken now: the writer thread calls it, the loop only copies."""
         path = self.core.config.state_file
         blocks = list(self.blocklist.entries.items())
+        reasons = dict(self.blocklist.reasons)
         other = dict(self._other)  # sections of others are replaced whole, never changed
         gzip = dict(self.gzip_overrides)
         drained = sorted(self.drained)
 
         def build() -> dict[str, Any]:
-            return {**other, "blocks": BlockList.format(blocks), "gzip": gzip, "drained": drained}
+            return {
+                **other,
+                "blocks": BlockList.format(blocks, reasons),
+                "gzip": gzip,
+                "drained": drained,
+            }
 
         return path, build
 
@@ -383,6 +434,10 @@ class Runtime:
         except ValueError as exc:
             _set_aside(path, str(exc))
             return
+        self._restore(data, f"state file {path}")
+
+    def _restore(self, data: dict[str, Any], source: str) -> None:
+        """Take the blocks, gzip switches and drains of `data` (decoded state file content)."""
         problems = self.blocklist.load_json(data.pop("blocks", []), time.time())
         gzip = data.pop("gzip", {})
         if isinstance(gzip, dict):
@@ -401,7 +456,7 @@ class Runtime:
         data.pop("version", None)
         self._other = data
         for problem in problems:
-            log.warning("state file %s: %s (entry skipped)", path, problem)
+            log.warning("%s: %s (entry skipped)", source, problem)
         self._schedule()
 
 
@@ -459,6 +514,9 @@ def _set_aside(path: str, problem: str) -> None:
 def _on_route(session: Session, route: str) -> bool:
     state = session.route_state
     return state is not None and state.key == route
+
+
+_NONE: Any = object()
 
 
 def _network(cidr: object) -> str:

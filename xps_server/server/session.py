@@ -20,7 +20,6 @@ a tunnel (`routes.tunnel`) once the upstream agrees: the session stays listed, i
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ from xps_server.routes.base import Producer
 if TYPE_CHECKING:
     from xps_server.network.connection import Connection
     from xps_server.network.listener import Listener
+    from xps_server.policy.limits import ConnCounter
     from xps_server.routes.tunnel import Tunnel
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, ServerView
@@ -52,6 +52,9 @@ JOIN_BODY_BYTES = 4096
 # further read from a client we are done with, and no longer than LINGER_TIME in all.
 LINGER_TIMEOUT = 5.0
 LINGER_TIME = 30.0
+# At a graceful stop, how long a connection accepted but still silent may take to send its
+# first request (it is answered, then closed; past this it is closed without a word).
+FIRST_REQUEST_GRACE = 1.0
 
 
 class Session:
@@ -69,6 +72,7 @@ class Session:
         "last_elapsed",
         "last_request",
         "last_status",
+        "limits_counted",
         "linger_on_close",
         "linger_until",
         "lingering",
@@ -87,6 +91,7 @@ class Session:
         "timer",
         "top_4xx",
         "top_5xx",
+        "top_limited",
         "top_pending",
         "top_refused",
         "top_requests",
@@ -115,6 +120,8 @@ class Session:
         self.route_state: RouteState | None = None  # the server's state of that route
         self.route_stats: TrafficStats | None = None  # that route's, when histograms are on
         self.upstream = ""  # the upstream of the latest proxied request
+        # The limit_conn counters this connection is counted in (None: none yet).
+        self.limits_counted: list[ConnCounter] | None = None
         # The latest finished request, for the operator's detail view.
         self.last_request: Request | None = None
         self.last_status = 0
@@ -127,6 +134,7 @@ class Session:
         self.top_refused = 0
         self.top_4xx = 0
         self.top_5xx = 0
+        self.top_limited = 0
         self.top_sent = 0  # conn.bytes_out when it was last told
         self.request: Request | None = None
         self.started = 0.0
@@ -212,6 +220,15 @@ class Session:
         if self.parser.in_message:
             # `handle` (a head still arriving) or the end of this message (a request already
             # answered) sees core.draining and closes after it.
+            return
+        if self.requests == 0 and not self.conn.out.items:
+            # Accepted just before the drain, its first request likely on the way: closing now
+            # would reset it. It gets a moment to arrive, and is answered with a close (`handle`
+            # sees core.draining).
+            timer = self.timer
+            deadline = self.core.loop.now + FIRST_REQUEST_GRACE
+            if timer.deadline is None or timer.deadline > deadline:
+                timer.reset(deadline)
             return
         self.close_after = True
         if not self.conn.out.items:
@@ -310,7 +327,7 @@ class Session:
             conn.close()
             return
         try:
-            conn.sock.shutdown(socket.SHUT_WR)
+            conn.shutdown_write()
         except OSError:
             conn.close()
             return
@@ -434,6 +451,9 @@ class Session:
         if access is not None and not access.allows(self.conn.peer_ip):
             core.deny(self, state, path)
             return
+        limits = state.limits
+        if limits is not None and not limits.admit(self):
+            return
         stats.req_by_type[state.type] += 1
         try:
             response = core.route_handlers[state.type](self, request, state.route, path)
@@ -455,8 +475,12 @@ class Session:
 
     # --- responding -------------------------------------------------------------------------
     def respond(self, response: Response) -> None:
-        """Answer the current request with a whole `response`: the writer's head and the body
-        (bytes, or a file segment moved by sendfile; none for a HEAD request)."""
+        """Answer the current request with a whole `response` and account for it."""
+        self.finish(response.status, self.send_response(response))
+
+    def send_response(self, response: Response) -> int:
+        """Send a whole `response`: the writer's head and the body (bytes, or a file segment
+        moved by sendfile; none for a HEAD request). Returns the body bytes sent."""
         request = self.request
         head_only = request is not None and request.method == "HEAD"
         writer = self.core.writer
@@ -483,7 +507,7 @@ class Session:
         else:
             sent = body.count
             conn.send_file(writer.head(response, framing, keep_alive), body)
-        self.finish(response.status, sent)
+        return sent
 
     def start_body(
         self, response: Response, gzip_level: int | None = None, collect: bool = False
