@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 
 from tests.helpers import Client, RunningServer, connect, free_port, wait_until, write_config
@@ -388,5 +389,39 @@ def test_with_workers_only_the_master_talks_to_redis_and_its_workers_follow(
         assert master.result("block", cidr="127.0.0.7")["workers"] == 2
         wait_until(lambda: refused(one.port, "127.0.0.7"))
         assert master.result("snapshot", limit=0)["fleet"]["alive"] == 2
+    finally:
+        master.stop()
+
+
+def test_a_workers_automatic_block_reaches_the_master_its_other_worker_and_the_fleet(
+    fleet, redis_server, tmp_path, site
+):
+    one = fleet("e1")
+    (tmp_path / "w").mkdir()
+    extra = {
+        "fleet": {"redis": redis_server.url, "name": "w", "prefix": "t"},
+        "auto_block": [{"when": "rate_limited", "count": 2, "window": 60, "block": "10m"}],
+    }
+    limited = {"req_path": "/limited", "type": "redirect", "http_status_code": 302,
+               "redirect_url": "/", "limit_req": {"rate": 0.01, "burst": 1}}  # fmt: skip
+    master = WorkersFleet(tmp_path / "w", site, workers=2, routes=[limited], extra=extra)
+    try:
+        wait_until(lambda: master.result("fleet")["alive"] == 2, timeout=15)
+        # One connection, one worker: its bucket empties, 429s follow, then its rule blocks.
+        client = Client(master.port, source=BLOCKED)
+        try:
+            for _ in range(10):
+                assert client.request("GET", "/limited").status in (302, 429)
+        except (OSError, h11.RemoteProtocolError):
+            pass  # closed by the block
+        finally:
+            client.close()
+        wait_until(lambda: [row["cidr"] for row in master.result("blocks")] == [f"{BLOCKED}/32"])
+        (row,) = master.result("blocks")
+        assert row["reason"] and "rate_limited" in row["reason"]
+        assert all(refused(master.port, BLOCKED) for _ in range(20))  # every worker
+        wait_until(lambda: refused(one.port, BLOCKED))  # and the fleet
+        (row,) = one.call(one.core.blocks)
+        assert "rate_limited" in row["reason"]
     finally:
         master.stop()

@@ -306,6 +306,8 @@ class Master:
         elif op == "ready":
             worker.ready = True
             self._check_reload()
+        elif op == "auto_block":
+            self._auto_block(worker, message.get("change"))
 
     def _on_exit(self, worker: WorkerProcess) -> None:
         core = self._core()
@@ -405,9 +407,36 @@ class Master:
             worker.pending[self._next_request] = partial(got, worker)
             worker.send({"id": self._next_request, **message})
 
-    def _share_with_workers(self, change: dict[str, Any]) -> None:
-        """Hand a change another instance of the fleet made (applied here already) to every
-        worker, as the command that makes it."""
+    def _auto_block(self, worker: WorkerProcess, change: object) -> None:
+        """A block a worker's `auto_block` rules made: the master's own from now on (state
+        file, fleet), and every other worker's."""
+        if not isinstance(change, dict):
+            return
+        expires_at = change.get("expires_at")
+        seconds = None
+        if isinstance(expires_at, int | float):
+            seconds = expires_at - time.time()
+            if seconds <= 0:
+                return  # expired on its way
+        reason = change.get("reason")
+        try:
+            self._core().runtime.block(
+                change.get("cidr"),
+                change.get("route"),
+                seconds,
+                reason if isinstance(reason, str) else None,
+            )
+        except CommandError as exc:
+            log.warning("worker %d: an automatic block refused: %s", worker.id, exc)
+            return
+        others = [w for w in self.workers.values() if w is not worker]
+        self._share_with_workers(change, others)
+
+    def _share_with_workers(
+        self, change: dict[str, Any], targets: list[WorkerProcess] | None = None
+    ) -> None:
+        """Hand a change made elsewhere (another instance of the fleet, or a worker), applied
+        here already, to `targets` (default: every worker), as the command that makes it."""
         op = change["op"]
         args: dict[str, Any]
         if op == "block":
@@ -438,7 +467,7 @@ class Master:
                         "worker %d: %s from the fleet: %s", worker.id, op, reply.get("error")
                     )
 
-        self.fanout({"cmd": op, "args": args}, applied)
+        self.fanout({"cmd": op, "args": args}, applied, targets)
 
     def ready_workers(self) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.ready]

@@ -168,8 +168,15 @@ class Runtime:
                 raise CommandError(f"seconds must be a finite number > 0, got {seconds!r}")
             expires_at = time.time() + seconds
         closed = self._put_block(network, key, expires_at, reason)
-        change = {"op": "block", "cidr": network, "route": key, "expires_at": expires_at}
-        self._share({**change, "reason": reason})
+        self._share(
+            {
+                "op": "block",
+                "cidr": network,
+                "route": key,
+                "expires_at": expires_at,
+                "reason": reason,
+            }
+        )
         log.info(
             "blocked %s %s%s (%d connections closed)%s",
             network,

@@ -19,7 +19,10 @@ and alone writes the state file) and the descriptor of each listener. Then, from
   once the listeners are closed), finish the requests in flight (at most `s` seconds), exit 0.
 
 To the master: ``{"op": "ready", "pid": p}`` once serving, command replies, ``{"op":
-"events", "events": [...], "dropped": n}`` and ``{"op": "fleet", "id": n, "prometheus": b}``.
+"events", "events": [...], "dropped": n}``, ``{"op": "fleet", "id": n, "prometheus": b}`` and
+``{"op": "auto_block", "change": {...}}``: a block this worker's `auto_block` rules made (its
+rate-limit buckets are its own), which the master applies as its own change: into the state
+file, the fleet's Redis and every other worker.
 A worker whose channel closes (the master is gone) shuts down as if told to stop.
 """
 
@@ -76,6 +79,7 @@ class Worker:
         self.channel = Channel(
             core.loop, channel_sock, self.on_message, self.on_channel_closed, rest
         )
+        core.runtime.fleet = _ToMaster(self.channel)
         self.channel.send({"op": "ready", "pid": os.getpid()})
 
     def run(self) -> None:
@@ -157,6 +161,18 @@ class Worker:
         self._fleet_ids += 1
         self._fleet_waiting[self._fleet_ids] = answer
         self.channel.send({"op": "fleet", "id": self._fleet_ids, "prometheus": prometheus})
+
+
+class _ToMaster:
+    """Where a worker's runtime sends its own changes: only automatic blocks (those with a
+    reason) are its own; every other change came from the master as a command."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def publish(self, change: dict[str, Any]) -> None:
+        if change["op"] == "block" and change.get("reason") is not None:
+            self.channel.send({"op": "auto_block", "change": change})
 
 
 def main(argv: list[str] | None = None) -> int:
