@@ -176,14 +176,23 @@ def bench_parser(prog: str, description: str | None, budget: float) -> argparse.
 
 
 def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """Per mode, the median requests/s and CPU time per request over its rounds."""
-    return {
+    """Per mode, the median requests/s and CPU time per request over its rounds; printed
+    after a blank line."""
+    median = {
         mode: {
             key: statistics.median(run[key] for run in rows)
             for key in ("rps", "cpu_us_per_request")
         }
         for mode, rows in runs.items()
     }
+    width = max(map(len, median))
+    print()
+    for mode, figures in median.items():
+        print(
+            f"{mode:>{width}}: median {figures['rps']:,.0f} req/s, "
+            f"{figures['cpu_us_per_request']:.2f} us CPU/request"
+        )
+    return median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,12 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     median = medians(runs)
     rps_cost = 1 - median["on"]["rps"] / median["off"]["rps"]
     cpu_cost = median["on"]["cpu_us_per_request"] / median["off"]["cpu_us_per_request"] - 1
-    print()
-    for mode in MODES:
-        print(
-            f"{mode:>3}: median {median[mode]['rps']:,.0f} req/s, "
-            f"{median[mode]['cpu_us_per_request']:.2f} us CPU/request"
-        )
     print(
         f"cost of accounting: {rps_cost:+.1%} req/s, {cpu_cost:+.1%} CPU per request "
         f"(budget {args.budget:.0%})"

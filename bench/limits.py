@@ -76,12 +76,6 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     median = medians(runs)
-    print()
-    for mode in MODES:
-        print(
-            f"{mode:>9}: median {median[mode]['rps']:,.0f} req/s, "
-            f"{median[mode]['cpu_us_per_request']:.2f} us CPU/request"
-        )
     base = median["none"]
     for mode in ("limit_req", "both"):
         rps_cost = 1 - median[mode]["rps"] / base["rps"]
