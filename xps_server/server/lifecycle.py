@@ -3,7 +3,9 @@
 Every way eXpServer runs goes through it: `xps-server` (the loop on the main thread, signals
 wired: SIGTERM and SIGINT drain and stop, SIGHUP reloads), the console's embedded server (the
 loop on a background thread) and the tests. `reload` and `shutdown` may be called from any
-thread or a signal handler: they only post work to the loop thread.
+thread or a signal handler: they only post work to the loop thread. `LoopHost`, the base of
+`Server`, holds what it shares with the workers' `Master` (`master.py`): running the loop,
+the signals, waiting, stopping and closing.
 """
 
 from __future__ import annotations
