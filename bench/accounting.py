@@ -131,32 +131,72 @@ def _instructions(argv: list[str], config: Path, root: Path, requests: int) -> i
     return int(counts[-1])  # the server's: the last process valgrind followed
 
 
-def _instruction_costs(
-    command: list[str], configs: dict[str, Path], args: argparse.Namespace, root: Path
+def instruction_costs(
+    command: list[str],
+    configs: dict[str, Path],
+    args: argparse.Namespace,
+    root: Path,
+    compared: tuple[str, str, str],
 ) -> int:
+    """Instructions per request of each mode under callgrind, and the cost of the mode
+    `compared` names against its base: `compared` is (base mode, mode, what it is the cost
+    of). Exit code 0 within the budget, 1 past it."""
+    base, measured, what = compared
+    width = max(map(len, configs))
     per_request = {}
     for mode, config in configs.items():
         few = _instructions(command, config, root, args.requests // 10)
         many = _instructions(command, config, root, args.requests)
         per_request[mode] = (many - few) / (args.requests - args.requests // 10)
-        print(f"{mode:>3}: {per_request[mode]:,.0f} instructions per request", flush=True)
-    cost = per_request["on"] / per_request["off"] - 1
-    print(f"cost of accounting: {cost:+.2%} instructions per request (budget {args.budget:.0%})")
+        print(f"{mode:>{width}}: {per_request[mode]:,.0f} instructions per request", flush=True)
+    cost = per_request[measured] / per_request[base] - 1
+    print(f"cost of {what}: {cost:+.2%} instructions per request (budget {args.budget:.0%})")
     return 0 if cost <= args.budget else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.accounting", description=__doc__)
+def bench_parser(prog: str, description: str | None, budget: float) -> argparse.ArgumentParser:
+    """The options of a benchmark that compares modes of one server over rounds of wrk."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--xps", default=default_xps(), help="the xps-server command")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5, metavar="SECONDS")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--budget", type=float, default=0.03, help="allowed cost (0.03: 3 %%)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=budget,
+        help=f"allowed cost ({budget}: {budget * 100:.0f} %%)",
+    )
     parser.add_argument("--pin", action="store_true")
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions under callgrind instead"
     )
     parser.add_argument("--requests", type=int, default=2000, help="of an --instructions run")
+    return parser
+
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per mode, the median requests/s and CPU time per request over its rounds; printed
+    after a blank line."""
+    median = {
+        mode: {
+            key: statistics.median(run[key] for run in rows)
+            for key in ("rps", "cpu_us_per_request")
+        }
+        for mode, rows in runs.items()
+    }
+    width = max(map(len, median))
+    print()
+    for mode, figures in median.items():
+        print(
+            f"{mode:>{width}}: median {figures['rps']:,.0f} req/s, "
+            f"{figures['cpu_us_per_request']:.2f} us CPU/request"
+        )
+    return median
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser("python -m bench.accounting", __doc__, 0.03)
     args = parser.parse_args(argv)
     args.wrk = find_wrk()
     command = shlex.split(args.xps)
@@ -173,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             data = {**keys, "servers": [{"listeners": [listener], "routes": [route]}]}
             configs[mode].write_text(json.dumps(data))
         if args.instructions:
-            return _instruction_costs(command, configs, args, root)
+            return instruction_costs(command, configs, args, root, ("off", "on", "accounting"))
         runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for round_ in range(args.rounds):
             for mode in MODES if round_ % 2 == 0 else reversed(MODES):
@@ -184,21 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['cpu_us_per_request']:.2f} us CPU/request {run['errors']}",
                     flush=True,
                 )
-    median = {
-        mode: {
-            key: statistics.median(run[key] for run in rows)
-            for key in ("rps", "cpu_us_per_request")
-        }
-        for mode, rows in runs.items()
-    }
+    median = medians(runs)
     rps_cost = 1 - median["on"]["rps"] / median["off"]["rps"]
     cpu_cost = median["on"]["cpu_us_per_request"] / median["off"]["cpu_us_per_request"] - 1
-    print()
-    for mode in MODES:
-        print(
-            f"{mode:>3}: median {median[mode]['rps']:,.0f} req/s, "
-            f"{median[mode]['cpu_us_per_request']:.2f} us CPU/request"
-        )
     print(
         f"cost of accounting: {rps_cost:+.1%} req/s, {cpu_cost:+.1%} CPU per request "
         f"(budget {args.budget:.0%})"

@@ -16,17 +16,14 @@ reject) is an error, never a measurement.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.accounting import _instructions, _measure
-from bench.cli import default_xps
+from bench.accounting import _measure, bench_parser, instruction_costs, medians
 from bench.fixtures import write_fixtures
 from bench.load import find_wrk
 
@@ -50,32 +47,8 @@ def _configs(root: Path, docroot: Path) -> dict[str, Path]:
     return configs
 
 
-def _instruction_costs(
-    command: list[str], configs: dict[str, Path], args: argparse.Namespace, root: Path
-) -> int:
-    per_request = {}
-    for mode, config in configs.items():
-        few = _instructions(command, config, root, args.requests // 10)
-        many = _instructions(command, config, root, args.requests)
-        per_request[mode] = (many - few) / (args.requests - args.requests // 10)
-        print(f"{mode:>9}: {per_request[mode]:,.0f} instructions per request", flush=True)
-    cost = per_request["limit_req"] / per_request["none"] - 1
-    print(f"cost of limit_req: {cost:+.2%} instructions per request (budget {args.budget:.0%})")
-    return 0 if cost <= args.budget else 1
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__)
-    parser.add_argument("--xps", default=default_xps(), help="the xps-server command")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=5, metavar="SECONDS")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--budget", type=float, default=0.05, help="allowed cost (0.05: 5 %%)")
-    parser.add_argument("--pin", action="store_true")
-    parser.add_argument(
-        "--instructions", action="store_true", help="count instructions under callgrind instead"
-    )
-    parser.add_argument("--requests", type=int, default=2000, help="of an --instructions run")
+    parser = bench_parser("python -m bench.limits", __doc__, 0.05)
     args = parser.parse_args(argv)
     command = shlex.split(args.xps)
     with tempfile.TemporaryDirectory(prefix="xps-limits-") as tmp:
@@ -85,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         write_fixtures(docroot)
         configs = _configs(root, docroot)
         if args.instructions:
-            return _instruction_costs(command, configs, args, root)
+            return instruction_costs(
+                command, configs, args, root, ("none", "limit_req", "limit_req")
+            )
         args.wrk = find_wrk()
         runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         order = list(MODES)
@@ -100,19 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['cpu_us_per_request']:.2f} us CPU/request",
                     flush=True,
                 )
-    median = {
-        mode: {
-            key: statistics.median(run[key] for run in rows)
-            for key in ("rps", "cpu_us_per_request")
-        }
-        for mode, rows in runs.items()
-    }
-    print()
-    for mode in MODES:
-        print(
-            f"{mode:>9}: median {median[mode]['rps']:,.0f} req/s, "
-            f"{median[mode]['cpu_us_per_request']:.2f} us CPU/request"
-        )
+    median = medians(runs)
     base = median["none"]
     for mode in ("limit_req", "both"):
         rps_cost = 1 - median[mode]["rps"] / base["rps"]

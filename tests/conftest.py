@@ -1,12 +1,15 @@
-"""Fixtures: a served site in a temp dir and in-process servers on free loopback ports."""
+"""Fixtures: a served site in a temp dir, in-process servers on free loopback ports, and
+scripted upstreams."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.backends import Backend, BackendConn, Req, echo
 from tests.helpers import RunningServer, free_port, server_config
 from tests.redis_server import RedisServer
 
@@ -46,3 +49,20 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    """Start scripted upstreams on demand (`handler`, by default `echo`); all stop at the end."""
+    made: list[Backend] = []
+
+    def make(
+        handler: Callable[[Req, BackendConn], None] = echo, name: str | None = None, **kw: Any
+    ) -> Backend:
+        backend = Backend(handler, name or f"b{len(made)}", **kw)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.stop()

@@ -98,6 +98,11 @@ def server_config(port: int, routes: list[dict], **top: Any) -> dict:
     return data
 
 
+def files_route(site: Path, **extra: Any) -> dict:
+    """A route serving the files under `site` at "/"."""
+    return {"req_path": "/", "type": "file_serve", "dir_path": str(site), **extra}
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path

@@ -15,6 +15,7 @@ from tests.helpers import (
     Client,
     accepts,
     connect,
+    files_route,
     free_port,
     read_until_close,
     server_config,
@@ -26,10 +27,6 @@ from xps_server.config import load_config
 from xps_server.server.lifecycle import Server
 
 MOVED = {"req_path": "/moved", "type": "redirect", "http_status_code": 301, "redirect_url": "/"}
-
-
-def files_route(site: Path) -> dict:
-    return {"req_path": "/", "type": "file_serve", "dir_path": str(site)}
 
 
 @pytest.fixture

@@ -29,20 +29,6 @@ FAST = {"upstream_connect": 0.3, "upstream_read": 0.4}
 
 
 @pytest.fixture
-def backends():
-    made: list[Backend] = []
-
-    def make(handler=echo, name: str | None = None, **kw) -> Backend:
-        backend = Backend(handler, name or f"b{len(made)}", **kw)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.stop()
-
-
-@pytest.fixture
 def proxy(start_server):
     """Start a server whose "/" route proxies to `upstreams`."""
 

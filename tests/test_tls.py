@@ -31,6 +31,7 @@ from tests.helpers import (
     Client,
     RunningServer,
     connect,
+    files_route,
     free_port,
     read_until_close,
     server_config,
@@ -81,10 +82,6 @@ class TlsClient(Client):
     def __init__(self, port: int, context: ssl.SSLContext, name: str = "localhost") -> None:
         super().__init__(port)
         self.sock = context.wrap_socket(self.sock, server_hostname=name)
-
-
-def files_route(site: Path, **extra) -> dict:
-    return {"req_path": "/", "type": "file_serve", "dir_path": str(site), **extra}
 
 
 def peer_names(sock: ssl.SSLSocket) -> set[str]:

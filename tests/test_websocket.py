@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.backends import Backend, BackendConn, Req, response
+from tests.backends import BackendConn, Req, response
 from tests.helpers import Client, RunningServer, read_until_close, wait_until
 from tests.helpers import connect as tcp_connect
 from xps_server.http.parser import ParseError, Request, RequestParser
@@ -58,20 +58,6 @@ def ws_upstream() -> Iterator[Callable[..., int]]:
     yield start
     for server in servers:
         server.shutdown()
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    made: list[Backend] = []
-
-    def make(handler: Callable[[Req, BackendConn], None]) -> Backend:
-        backend = Backend(handler)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.stop()
 
 
 @pytest.fixture

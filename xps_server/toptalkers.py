@@ -79,22 +79,24 @@ from typing import Any
 PATH_LIMIT = 256  # characters of last_path kept: bounds memory against 8 KB request targets
 MIN_RATE_SPAN = 1.0  # seconds: a rate over less is noise (one request at start would read 1000/s)
 
+# An address's figures, in one slot's table (`_Entry`) and summed over a query's slots (`_Row`)
+_FIGURES = (
+    "bytes",
+    "error",
+    "hits",
+    "last_path",
+    "limited",
+    "refused",
+    "status_4xx",
+    "status_5xx",
+)
+
 
 class _Row:
     """One address's figures summed over a query's slots; `held_min` is the sum of the mins
     of the evicting slots that hold the address."""
 
-    __slots__ = (
-        "bytes",
-        "error",
-        "held_min",
-        "hits",
-        "last_path",
-        "limited",
-        "refused",
-        "status_4xx",
-        "status_5xx",
-    )
+    __slots__ = (*_FIGURES, "held_min")
 
     def __init__(self, entry: _Entry, slot_min: int) -> None:
         self.hits = entry.hits
@@ -128,16 +130,7 @@ SORTS = tuple(_SORT_KEYS)
 class _Entry:
     """One address in one slot's table."""
 
-    __slots__ = (
-        "bytes",
-        "error",
-        "hits",
-        "last_path",
-        "limited",
-        "refused",
-        "status_4xx",
-        "status_5xx",
-    )
+    __slots__ = _FIGURES
 
     hits: int
     error: int

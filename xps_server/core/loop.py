@@ -82,6 +82,7 @@ class Loop:
         self.epoll = select.epoll()
         self.handlers: dict[int, Handler] = {}
         self.now = time.monotonic()
+        self.turn = 0  # the loop's turns so far: one poll and what it woke each
         self.running = False
         self._heap: list[tuple[float, int, Timer]] = []
         self._stale = 0  # heap entries of closed timers, waiting for their deadline
@@ -203,6 +204,7 @@ class Loop:
         while self.running:
             events = poll(self._poll_timeout(), 1024)
             self.now = monotonic()
+            self.turn += 1
             for fd, mask in events:
                 handler = handlers.get(fd)
                 if handler is None:

@@ -1,4 +1,4 @@
-"""A listening socket: binds once per distinct (host, port), accepts one client per wake-up.
+"""A listening socket: binds once per distinct (host, port), accepts a few clients a wake-up.
 
 Each accepted socket becomes a `Connection` handed to the core, which attaches a session. The
 servers sharing this listener are kept here so Host matching never looks further.
@@ -23,6 +23,7 @@ log = logging.getLogger("xps.listener")
 
 BACKLOG = 1024
 ACCEPT_RETRY_DELAY = 0.1
+ACCEPT_BATCH = 64  # clients one wake-up accepts at most
 ACCEPT_LOG_INTERVAL = 10.0  # out of descriptors: one log line per this many seconds at most
 # accept() failing with these means this process (or the system) is out of a resource: every
 # client waiting in the backlog would fail the same way until something is freed.
@@ -85,10 +86,14 @@ class Listener(Generic[_Server]):
         self._paused = False
         self._log_throttle = LogThrottle(ACCEPT_LOG_INTERVAL)
         self.accept_failures = 0  # out-of-resource failures, for the metrics
-        # Level-triggered, one accept per wake-up, as nginx without multi_accept: a client still
-        # waiting in the backlog wakes the next poll, so no accept() is spent learning that
-        # the backlog is empty (an EAGAIN, a raised exception in Python), and a burst of new
-        # clients takes turns with the connections already open.
+        # Level-triggered: a client still waiting in the backlog wakes the next poll, so a
+        # wake-up need not accept() until EAGAIN to learn that the backlog is empty (a raised
+        # exception in Python, costlier than the accept). A wake-up takes one client, as nginx
+        # without multi_accept; when the backlog wakes the loop turn after turn, twice as many
+        # each turn (up to ACCEPT_BATCH), so a burst of new clients is taken in a few turns
+        # rather than one turn each.
+        self._batch = 1
+        self._turn = -2  # the loop turn of the latest wake-up
         loop.add(self.fd, EPOLLIN, self.on_event)
 
     @property
@@ -100,15 +105,26 @@ class Listener(Generic[_Server]):
         # socket.accept() converts the listener's family and type to enums on every call;
         # taking the descriptor and wrapping it with the known family skips that work. (The
         # stubs do not list _accept, the C method socket.accept() itself calls.)
-        try:
-            fd, peer = self.sock._accept()  # type: ignore[attr-defined]
-        except BlockingIOError:
-            return  # the client gave up (or another process took it)
-        except OSError as exc:
-            if exc.errno in OUT_OF_RESOURCES:
-                self._pause(exc)
-            return  # ECONNABORTED and friends concern only that one client
-        self._on_accept(self, socket.socket(self.family, socket.SOCK_STREAM, 0, fd), peer)
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        family = self.family
+        on_accept = self._on_accept
+        turn = self.loop.turn
+        batch = self._batch if turn == self._turn + 1 else 1
+        self._turn = turn
+        for _ in range(batch):
+            try:
+                fd, peer = accept()
+            except BlockingIOError:
+                self._batch = 1  # the backlog is empty: back to one a turn
+                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._batch = 1
+                    self._pause(exc)
+                    return
+                continue  # ECONNABORTED and friends concern only that one client
+            on_accept(self, socket.socket(family, socket.SOCK_STREAM, 0, fd), peer)
+        self._batch = min(batch * 2, ACCEPT_BATCH)
 
     def _pause(self, exc: OSError) -> None:
         """Stop listening for a moment, as nginx does: new clients wait in the backlog instead

@@ -343,18 +343,24 @@ class TlsStream(Connection):
         except ssl.SSLError:
             self.close()
             return
-        cipher = self.tls_out.read()
+        self._send_cipher(self.tls_out.read())
+
+    def _send_cipher(self, cipher: bytes | memoryview) -> bool:
+        """One `send` of ciphertext; what the socket does not take waits in `cipher` for
+        EPOLLOUT. Whether it all went (False too if the socket failed: we are closed)."""
         try:
             sent = self._send(cipher)
         except BlockingIOError:
             sent = 0
         except OSError:
             self.close()
-            return
+            return False
         self.bytes_out += sent
         if sent < len(cipher):
             self.cipher = memoryview(cipher)[sent:]
             self._want_write()
+            return False
+        return True
 
     def send_body(self, head: bytes, body: bytes) -> None:
         out = self.out
@@ -375,7 +381,6 @@ class TlsStream(Connection):
         previous batch is all out."""
         if self.closed:
             return
-        send = self._send
         outgoing = self.tls_out
         out = self.out
         items = out.items
@@ -387,17 +392,7 @@ class TlsStream(Connection):
                 if not outgoing.pending:
                     break
                 cipher = outgoing.read()
-            try:
-                sent = send(cipher)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close()
-                return
-            self.bytes_out += sent
-            if sent < len(cipher):
-                self.cipher = memoryview(cipher)[sent:]
-                self._want_write()
+            if not self._send_cipher(cipher):
                 return
             cipher = self.cipher = None
         if self.writing:

@@ -124,8 +124,12 @@ class UpstreamConnection(Connection):
             # The handler decides: it may move what was queued to another upstream first.
             self.handler.on_connect_failed(os.strerror(err) if err else "connect failed")
             return
-        self.connecting = False
         self.loop.handlers[self.fd] = self.on_event  # connected: the ordinary dispatch from now
+        self._connected(mask)
+
+    def _connected(self, mask: int) -> None:
+        """The TCP connect succeeded: the connection is ready for the handler."""
+        self.connecting = False
         self.handler.on_connect()
         if not self.closed:
             self.on_event(mask)  # flushes what was queued meanwhile
@@ -199,12 +203,8 @@ class TlsUpstreamConnection(TlsStream, UpstreamConnection):
             conn._handshake()
         return conn
 
-    def _on_connect_event(self, mask: int) -> None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err or not mask & EPOLLOUT:
-            self.handler.on_connect_failed(os.strerror(err) if err else "connect failed")
-            return
-        self.loop.handlers[self.fd] = self.on_event
+    def _connected(self, mask: int) -> None:
+        """The TCP connect succeeded: the handshake comes before the handler hears of it."""
         self._handshake()
 
     def _handshake_done(self) -> None:

@@ -68,6 +68,22 @@ class Producer(Protocol):
     def responded(self) -> bool: ...  # the final response head went out to the client
 
 
+class NoBodyProducer:
+    """The request-body half of a `Producer` whose request has no body to take (a GET): a body
+    that arrives anyway is not read."""
+
+    __slots__ = ()
+
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_body_end(self) -> None:
+        pass
+
+    def body_full(self) -> bool:
+        return False
+
+
 class RouteSwitches(Protocol):
     """What the server keeps beside the request's route and a handler reads: the operator's
     gzip switch (the config's `gzip_enable` until switched) and a proxy route's balancer."""

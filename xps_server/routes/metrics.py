@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from xps_server.http.writer import Response
+from xps_server.routes.base import NoBodyProducer
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -50,7 +51,7 @@ def own_figures(ctx: RouteContext, as_prometheus: bool) -> tuple[bytes, bytes]:
     return json.dumps(ctx.core.metrics_snapshot(), indent=1).encode() + b"\n", _JSON_FIELDS
 
 
-class FleetAnswer:
+class FleetAnswer(NoBodyProducer):
     """A worker's metrics request, answered once the master sends the fleet's figures."""
 
     def __init__(self, ctx: RouteContext, as_prometheus: bool) -> None:
@@ -74,16 +75,7 @@ class FleetAnswer:
             stream.end()
         ctx.stream_done(200, len(body))
 
-    # --- the producer protocol: a metrics request's body, if any, is not read -------------
-    def on_body(self, data: bytes) -> None:
-        pass
-
-    def on_body_end(self) -> None:
-        pass
-
-    def body_full(self) -> bool:
-        return False
-
+    # --- the producer protocol (a metrics request's body, if any, is not read) -------------
     def resume(self) -> None:
         pass
 

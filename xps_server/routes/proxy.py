@@ -293,7 +293,6 @@ class ProxyStream:
     def dispatch(self, data: bytes) -> None:
         """Send `data` (the head, plus any body queued so far) to the next upstream picked."""
         tried = self.tried
-        route = self.route
         client_ip = self.ctx.conn.peer_ip
         while True:
             state = self.balancer.pick(self.loop.now, client_ip, tried)
@@ -302,18 +301,27 @@ class ProxyStream:
                 return
             tried.append(state)
             conn = state.acquire()
-            if conn is None:
-                try:
-                    conn = state.connect(self)
-                except LocalConnectError as exc:
-                    self._out_of_resources(state, exc)
-                    return
-                except OSError as exc:
-                    error = f"connect: {exc.strerror or exc}"
-                    state.failed(error, route.max_fails, route.fail_timeout)
-                    continue
-            self._attach(state, conn, data)
-            return
+            if conn is not None:
+                self._attach(state, conn, data)
+                return
+            if self._open(state, data):
+                return
+
+    def _open(self, state: UpstreamState, data: bytes) -> bool:
+        """Open a new connection to `state` and send `data` on it. False if the connect failed
+        at once (counted against `state`: the caller tries the next upstream); True otherwise,
+        also when no connection could even start (the request was answered 503)."""
+        try:
+            conn = state.connect(self)
+        except LocalConnectError as exc:
+            self._out_of_resources(state, exc)
+            return True
+        except OSError as exc:
+            route = self.route
+            state.failed(f"connect: {exc.strerror or exc}", route.max_fails, route.fail_timeout)
+            return False
+        self._attach(state, conn, data)
+        return True
 
     def _attach(self, state: UpstreamState, conn: UpstreamConnection, data: bytes) -> None:
         conn.handler = self
@@ -625,7 +633,8 @@ class ProxyStream:
                 # Most likely the upstream closed this idle keep-alive connection just as we
                 # reused it: not the upstream's fault, and safe to send again.
                 self.retried = True
-                self._retry(state)
+                if not self._open(state, self.head):
+                    self.dispatch(self.head)
                 return
             if not reused:
                 self._failed(reason)
@@ -633,18 +642,6 @@ class ProxyStream:
             return
         self._failed(reason)
         self._cut()
-
-    def _retry(self, state: UpstreamState) -> None:
-        try:
-            conn = state.connect(self)
-        except LocalConnectError as exc:
-            self._out_of_resources(state, exc)
-            return
-        except OSError as exc:
-            self._failed(f"connect: {exc.strerror or exc}")
-            self.dispatch(self.head)
-            return
-        self._attach(state, conn, self.head)
 
     def _out_of_resources(self, state: UpstreamState, exc: OSError) -> None:
         """No connection could even start here (out of descriptors, say): 503, and the upstream

@@ -36,6 +36,7 @@ from xps_server.disk.gzip import (
 )
 from xps_server.disk.listing import render_listing
 from xps_server.http.writer import Response
+from xps_server.routes.base import NoBodyProducer
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -334,7 +335,7 @@ def _gzip(
     return None
 
 
-class FileStream:
+class FileStream(NoBodyProducer):
     """A session producer: a file read into the output chain (whose gzip stage compresses it)
     while the chain has room; once the whole file went through unchanged, its compressed body
     joins the gzip cache."""
@@ -354,16 +355,7 @@ class FileStream:
         # than 8 times the entry bound would not compress small enough to be worth trying.
         self.collecting = entry.size <= ctx.core.gzip_cache.max_entry * 8
 
-    # Producer protocol: a GET has no body to take.
-    def on_body(self, data: bytes) -> None:
-        pass
-
-    def on_body_end(self) -> None:
-        pass
-
-    def body_full(self) -> bool:
-        return False
-
+    # Producer protocol (a GET has no body to take: NoBodyProducer).
     def resume(self) -> None:
         self.pump()
 

@@ -37,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -59,14 +58,13 @@ from xps_server.server.channel import Channel
 from xps_server.server.commands import CommandError
 from xps_server.server.control import COMMANDS, CommandAPI, ControlServer
 from xps_server.server.core import Core
+from xps_server.server.lifecycle import LoopHost
 from xps_server.server.merge import merge_metrics, merge_snapshot, merge_top
 from xps_server.server.metrics import fleet_prometheus
 from xps_server.server.worker import SESSION_SPAN
 
 log = logging.getLogger("xps.master")
 
-STOP_WAIT = 5.0  # seconds `close` waits for a background loop it told to stop
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FANOUT_TIMEOUT = 5.0  # seconds the master waits for a worker's reply before answering without
 STABLE_AFTER = 10.0  # a worker that ran this long before dying is restarted at once
 RESTART_FIRST = 0.1  # seconds before the second quick restart in a row; doubled each time
@@ -98,26 +96,26 @@ class WorkerProcess:
             self.channel.send(message)
 
 
-class Master:
+class Master(LoopHost):
     """A master and its workers; see the module docstring."""
+
+    THREAD_NAME = "xps-master"
+    LOOP_NAME = "master"
+    LOG = log
+    STOP_MARGIN = KILL_AFTER + 2.0  # workers still draining are killed KILL_AFTER past the grace
 
     def __init__(self, config: Config, grace: float = 10.0, data: object = None) -> None:
         """`data`: the decoded config file `config` was made from (read again if None)."""
+        super().__init__(grace)
         self._config = config
         self._data = data
-        self.grace = grace
-        self.core: Core | None = None
         self.api: FleetAPI | None = None
-        self.control: ControlServer | None = None
-        self.thread: threading.Thread | None = None
         self.workers: dict[int, WorkerProcess] = {}  # every live worker process, by id
         self.slots: list[WorkerProcess | None] = []  # the current worker of each slot
         self.restarts: list[int] = []  # per slot, restarts after a crash
         self._quick_deaths: list[int] = []  # per slot, deaths in a row within STABLE_AFTER
         # Per listener (config key), a listening socket per slot; the workers get copies.
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
-        self._signals: dict[int, Any] = {}
-        self._closed = False
         self._stopping = False
         self._next_worker = 0
         self._next_request = 0
@@ -127,11 +125,6 @@ class Master:
     @property
     def config(self) -> Config:
         return self._config
-
-    def _core(self) -> Core:
-        if self.core is None:
-            raise RuntimeError("the server is not started")
-        return self.core
 
     @property
     def listen_addresses(self) -> list[tuple[str, int]]:
@@ -177,37 +170,8 @@ class Master:
             self._spawn(slot)
         core.bus.on_change = self._check_events
         if signals:
-            for signum in SHUTDOWN_SIGNALS:
-                self._signals[signum] = signal.signal(signum, self._on_stop_signal)
-            self._signals[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload_signal)
+            self._handle_signals()
         return core
-
-    def _on_stop_signal(self, _signum: int, _frame: object) -> None:
-        self.shutdown()
-
-    def _on_reload_signal(self, _signum: int, _frame: object) -> None:
-        self.reload()
-
-    def run(self, background: bool = False) -> None:
-        """Run the master's loop until every worker has stopped after a shutdown."""
-        loop = self._core().loop
-        if not background:
-            loop.run()
-            return
-        self.thread = threading.Thread(target=self._run_logged, name="xps-master", daemon=True)
-        self.thread.start()
-
-    def _run_logged(self) -> None:
-        try:
-            self._core().loop.run()
-        except Exception:
-            log.exception("the master loop stopped on an error")
-
-    @property
-    def running(self) -> bool:
-        if self.thread is not None:
-            return self.thread.is_alive()
-        return self.core is not None and self.core.loop.running
 
     # --- listening sockets ----------------------------------------------------------------
     def _bind(
@@ -652,36 +616,9 @@ class Master:
 
         core.loop.call_soon_threadsafe(stop)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        if self.thread is not None:
-            self.thread.join(timeout)
-        return not self.running
-
-    def stop(self, grace: float | None = None) -> bool:
-        """Stop gracefully (shutdown, wait, close); False if the loop would not stop."""
-        if self.running:
-            seconds = self.grace if grace is None else grace
-            self.shutdown(seconds)
-            self.wait(seconds + KILL_AFTER + 2.0)
-        return self.close()
-
-    def close(self) -> bool:
-        """Release everything once the loop has stopped; workers still alive are killed.
-        Idempotent; False (nothing released) if a background loop would not stop."""
-        if self._closed:
-            return True
+    def _release(self) -> None:
+        """Workers still alive are killed; the listening sockets are closed."""
         core = self.core
-        thread = self.thread
-        if core is not None and thread is not None and thread.is_alive():
-            core.loop.call_soon_threadsafe(core.loop.stop)
-            thread.join(STOP_WAIT)
-            if thread.is_alive():
-                log.error("the master loop did not stop; leaving its descriptors open")
-                return False
-        self._closed = True
-        for signum, previous in self._signals.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._signals.clear()
         for worker in list(self.workers.values()):
             worker.proc.kill()
             worker.proc.wait()
@@ -693,11 +630,6 @@ class Master:
         self.workers.clear()
         self._close_sockets(self.sockets, {})
         self.sockets = {}
-        if self.control is not None:
-            self.control.close()
-        if core is not None:
-            core.close()
-        return True
 
 
 def _signal_name(signum: int) -> str:
