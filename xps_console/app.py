@@ -206,7 +206,10 @@ class ConsoleApp(App[None]):
         self.request_snapshot()
 
     def _show_identity(self, listeners: Iterable[str] = ()) -> None:
-        listening = " ".join(listeners)
+        # Over several servers the header names the servers instead: at 80 columns it has
+        # room for one of the two.
+        several = bool(self.last_snapshot.get("instances"))
+        listening = "" if several else " ".join(listeners)
         self.title = f"eXpServer {listening}" if listening else "eXpServer"
         where = f"{self.link.mode} {self.link.target}"
         fleet = fleet_label(self.last_snapshot.get("fleet"))
