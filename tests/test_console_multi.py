@@ -50,6 +50,7 @@ class Instance:
         self.name = name
         self.socket = tmp_path / f"{name}.sock"
         config["control_socket"] = str(self.socket)
+        self.config, self.folder = config, tmp_path
         self.server: RunningServer | None = RunningServer(config, tmp_path)
         self.port = self.server.port
 
@@ -57,6 +58,10 @@ class Instance:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    def restart(self) -> None:
+        """The same server again: same port, same control socket."""
+        self.server = RunningServer(self.config, self.folder)
 
 
 @pytest.fixture
@@ -148,9 +153,9 @@ def test_sessions_of_both_servers_with_their_instance_and_b_blocks_on_both(
             assert any("Blocked 127.0.0.2" in line and "(on a.sock, b.sock)" in line
                        for line in app.event_log.shown)  # fmt: skip
             # Both servers announce the block; the console shows its own reply once.
-            await until(pilot, lambda: not link._extra_echoes)
+            await until(pilot, lambda: not link._extra_echoes and not app.echoes)
             await until(pilot, lambda: app.acl.row_count == 1)
-            assert not any("operator" in line and "block" in line for line in app.event_log.shown)
+            assert not any("block cidr=" in line for line in app.event_log.shown)
             # The other server's client is untouched.
             assert (await get(other, "/hello.txt")).status == 200
 
@@ -219,6 +224,20 @@ def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updatin
             assert row["instance"] == "a.sock"
             client.close()
             await until(pilot, lambda: row_of(app, OTHER_IP) is None)  # still updating
+            # None left: the dashboard greys out; the first back brings it back.
+            await asyncio.to_thread(a.stop)
+            await until(pilot, lambda: not app.connected)
+            assert app.dashboard.has_class("-stale") and "DISCONNECTED" in app.sub_title
+            await asyncio.to_thread(b.restart)
+            await until(pilot, lambda: app.connected, timeout=15)
+            assert not app.dashboard.has_class("-stale")
+            assert "a.sock DISCONNECTED" in app.sub_title
+            assert "b.sock DISCONNECTED" not in app.sub_title
+            client = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
+            clients.append(client)
+            assert (await get(client, "/hello.txt")).status == 200
+            _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
+            assert row["instance"] == "b.sock"
 
     try:
         asyncio.run(scenario())
