@@ -20,8 +20,9 @@ from tests.helpers import Client, RunningServer, free_port, server_config
 from tests.test_console import SIZE, SMALL, closed_by_server, get, question, until
 from tests.test_fleet import instance_config
 from xps_console.app import ConsoleApp
+from xps_console.formatting import describe_reply
 from xps_console.link import AttachedLink
-from xps_console.multi import MultiLink
+from xps_console.multi import MultiLink, merge_acl
 from xps_console.screens.session_detail import SessionScreen
 
 BLOCKED_IP = "127.0.0.2"
@@ -267,3 +268,54 @@ def test_in_one_redis_fleet_a_block_is_sent_once_and_reaches_both(
                                            for line in app.event_log.shown))  # fmt: skip
 
     asyncio.run(scenario())
+
+
+def test_a_server_down_at_start_joins_when_it_comes_up(tmp_path, site, instances):
+    a = instances("a", files(site))
+    b = instances("b", files(site))
+    b.stop()
+    app, _ = console(a, b)
+    clients: list[Client] = []
+
+    async def scenario() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await until(pilot, lambda: app.snapshots)
+            assert "b.sock DISCONNECTED" in app.sub_title and app.connected
+            await asyncio.to_thread(b.restart)
+            await until(pilot, lambda: "DISCONNECTED" not in app.sub_title, timeout=15)
+            client = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
+            clients.append(client)
+            assert (await get(client, "/hello.txt")).status == 200
+            _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
+            assert row["instance"] == "b.sock"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_block_held_by_several_servers_is_one_acl_row():
+    acl = merge_acl(
+        [
+            {"blocks": [{"cidr": "10.0.0.1/32", "route": None, "expires_at": 100.0,
+                         "expires_in": 10.0, "hits": 2}]},
+            {"blocks": [{"cidr": "10.0.0.1/32", "route": None, "expires_at": 200.0,
+                         "expires_in": 110.0, "hits": 3},
+                        {"cidr": "10.0.0.1/32", "route": "/api", "expires_at": None,
+                         "expires_in": None, "hits": 0}]},
+            {"blocks": [{"cidr": "10.0.0.1/32", "route": "/api", "expires_at": 50.0,
+                         "expires_in": 1.0, "hits": 1}]},
+        ]
+    )  # fmt: skip
+    everywhere, on_api = acl["blocks"]
+    assert (everywhere["hits"], everywhere["expires_at"]) == (5, 200.0)  # the latest expiry
+    assert (on_api["hits"], on_api["expires_at"]) == (1, None)  # no expiry outlasts any
+
+
+def test_a_change_that_failed_somewhere_says_where_it_was_done():
+    reply = {"ok": False, "error": "done on a.sock; b.sock: not sent: gone", "result": {}}
+    message, severity = describe_reply("block", {"cidr": "10.0.0.1"}, reply)
+    assert message == "Block 10.0.0.1 failed: done on a.sock; b.sock: not sent: gone"
+    assert severity == "error"
