@@ -19,6 +19,7 @@ import pytest
 from tests.helpers import Client, RunningServer, free_port, server_config
 from tests.test_console import SIZE, SMALL, closed_by_server, get, question, until
 from tests.test_fleet import instance_config
+from xps_console import cli
 from xps_console.app import ConsoleApp
 from xps_console.formatting import describe_reply
 from xps_console.link import AttachedLink
@@ -319,3 +320,14 @@ def test_a_change_that_failed_somewhere_says_where_it_was_done():
     message, severity = describe_reply("block", {"cidr": "10.0.0.1"}, reply)
     assert message == "Block 10.0.0.1 failed: done on a.sock; b.sock: not sent: gone"
     assert severity == "error"
+
+
+def test_cli_attach_given_twice_names_each_missing_socket(tmp_path, capsys):
+    present = tmp_path / "a.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(present))
+        assert cli.main(["--attach", str(present), "--attach", str(tmp_path / "b.sock")]) == 1
+    err = capsys.readouterr().err
+    assert "no control socket" in err and "b.sock" in err and "a.sock" not in err
+    args = cli.build_parser().parse_args(["--attach", "a.sock", "--attach", "b.sock"])
+    assert args.attach == ["a.sock", "b.sock"]
