@@ -134,9 +134,9 @@ class MultiLink(Link):
         taken: list[dict] = []
         for instance in self.instances:
             for event in instance.link.take_events(share):
-                event = self._tag(instance, event)
-                if event is not None:
-                    taken.append(event)
+                tagged = self._tag(instance, event)
+                if tagged is not None:
+                    taken.append(tagged)
         taken.sort(key=lambda event: event.get("ts") or 0)
         return taken
 
