@@ -140,3 +140,55 @@ class CannedLink:
 
     async def close(self) -> None:
         pass
+
+
+class InstanceLink(CannedLink):
+    """One server of several attached at once: `CannedLink`'s, named by its socket and its
+    fleet name; `sessions` and `events` its own; `connected` False for one that is down."""
+
+    def __init__(
+        self,
+        target: str,
+        fleet_name: str,
+        sessions: list[dict],
+        events: list[dict],
+        connected: bool = True,
+    ) -> None:
+        super().__init__()
+        self.target = target
+        self.connected = connected
+        self.events = copy.deepcopy(events)
+        self.sessions = sessions
+        self.fleet = {"name": fleet_name, "redis": "redis://10.0.0.5:6379/0", "prefix": "xps",
+                      "connected": True, "alive": 3, "queued": 0}  # fmt: skip
+
+    async def command(self, name: str, **args: Any) -> dict:
+        reply = await super().command(name, **args)
+        if name == "snapshot":
+            snap = reply["result"]
+            snap["fleet"] = dict(self.fleet)
+            snap["sessions"] = {"total": len(self.sessions), "rows": copy.deepcopy(self.sessions)}
+        return reply
+
+    def keep_trying(self) -> None:
+        pass
+
+
+def fleet_links() -> list[InstanceLink]:
+    """Three servers of one fleet on one host: two answering (both have a session #7), the
+    third down since the console started."""
+    second_sessions = [
+        {**SESSIONS[0], "client": "192.0.2.44:61000", "ip": "192.0.2.44", "age": 12.0,
+         "requests": 3, "bytes_out": 48_000},
+        {**SESSIONS[2], "id": 9, "client": "192.0.2.45:61002", "ip": "192.0.2.45", "age": 1.5},
+    ]  # fmt: skip
+    second_events = [
+        {"kind": "request_finished", "ts": NOW - 2.5, "session": 7, "client": "192.0.2.44",
+         "method": "GET", "path": "/api/cart", "status": 200, "bytes": 800,
+         "duration_ms": 4.0, "route": "/api"},
+    ]  # fmt: skip
+    return [
+        InstanceLink("/run/xps/edge-1.sock", "edge-1", SESSIONS, EVENTS),
+        InstanceLink("/run/xps/edge-2.sock", "edge-2", second_sessions, second_events),
+        InstanceLink("/run/xps/edge-3.sock", "edge-3", [], [], connected=False),
+    ]

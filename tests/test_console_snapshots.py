@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from textual.pilot import Pilot
 
-from tests.console_fakes import EVENTS, CannedLink
+from tests.console_fakes import EVENTS, CannedLink, fleet_links
 from xps_console.app import ConsoleApp
+from xps_console.multi import MultiLink
 from xps_console.screens.session_detail import SessionScreen
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
@@ -80,3 +81,20 @@ def test_session_detail(snap_compare, size):
         await until(pilot, lambda: isinstance(app.screen, SessionScreen) and app.screen.detail)
 
     assert snap_compare(console(), terminal_size=size, run_before=opened)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_several_servers_as_one(snap_compare, size):
+    """`--attach` three times: an Instance column, every line naming its server, the header
+    naming each server and the one that is down."""
+    links = fleet_links()
+    events = sum(len(link.events) for link in links)
+
+    async def merged(pilot: Pilot) -> None:
+        app = pilot.app
+        assert isinstance(app, ConsoleApp)
+        await until(pilot, lambda: app.snapshots and app.last_top)
+        await until(pilot, lambda: len(app.event_log.shown) == events)
+
+    app = ConsoleApp(MultiLink(links))  # type: ignore[list-item]
+    assert snap_compare(app, terminal_size=size, run_before=merged)

@@ -29,8 +29,6 @@ from textual.screen import Screen
 
 from xps_console.formatting import (
     KINDS,
-    SESSION_COLUMNS,
-    SESSION_COLUMNS_FLEET,
     TOP_SORT_BY_COLUMN,
     MetricsHistory,
     acl_rows,
@@ -45,6 +43,7 @@ from xps_console.formatting import (
     last_upstream_routes,
     open_connections,
     route_rows,
+    session_columns,
     session_rows,
     short_cidr,
     top_rows,
@@ -86,6 +85,13 @@ REFRESHING_EVENTS = frozenset(
         "fleet_change",
     )
 )
+
+
+def session_origins(snap: dict) -> tuple[str, ...]:
+    """The origin columns the sessions table needs for this snapshot (`SESSION_ORIGINS`)."""
+    instances = snap.get("instances") or []
+    several_workers = bool(snap.get("workers")) or any(i.get("workers") for i in instances)
+    return (("instance",) if instances else ()) + (("worker",) if several_workers else ())
 
 
 class ConsoleApp(App[None]):
@@ -130,7 +136,9 @@ class ConsoleApp(App[None]):
         self.history = MetricsHistory()
         self.snapshots = 0  # applied so far
         self.last_snapshot: dict = {}
-        self.fleet = False  # the server runs several workers: sessions name theirs
+        # What sessions rows name besides their id: their server (several attached), their
+        # worker (a server with several workers).
+        self.origins: tuple[str, ...] = ()
         # Each worker's (snapshot time, req_total) then, and its req/s since the one before.
         self._worker_counts: dict[int, tuple[float, int]] = {}
         self.worker_rates: dict[int, float] = {}
@@ -198,7 +206,10 @@ class ConsoleApp(App[None]):
         self.request_snapshot()
 
     def _show_identity(self, listeners: Iterable[str] = ()) -> None:
-        listening = " ".join(listeners)
+        # Over several servers the header names the servers instead: at 80 columns it has
+        # room for one of the two.
+        several = bool(self.last_snapshot.get("instances"))
+        listening = "" if several else " ".join(listeners)
         self.title = f"eXpServer {listening}" if listening else "eXpServer"
         where = f"{self.link.mode} {self.link.target}"
         fleet = fleet_label(self.last_snapshot.get("fleet"))
@@ -231,6 +242,15 @@ class ConsoleApp(App[None]):
                 self.set_connected(False, str(event.get("message")))
             elif kind == "link_restored":
                 self.set_connected(True, str(event.get("message")))
+            elif kind in ("instance_lost", "instance_back"):
+                # One of several servers: the others keep the dashboard live.
+                refresh = True
+                self._show_identity(self.last_snapshot.get("listeners") or ())
+                lost = kind == "instance_lost"
+                self.say(
+                    f"{event.get('instance')}: {'disconnected, retrying' if lost else 'back'}",
+                    severity="error" if lost else "information",
+                )
             entries.append((event_kinds(event), event_line(event)))
         if self.covered:
             self._held.extend(entries)
@@ -391,11 +411,11 @@ class ConsoleApp(App[None]):
         with self.batch_update():
             self._show_identity(snap.get("listeners") or ())
             workers = snap.get("workers") or []
-            fleet = bool(workers)
-            if fleet != self.fleet:
-                self.fleet = fleet
-                self.sessions.set_columns(SESSION_COLUMNS_FLEET if fleet else SESSION_COLUMNS)
-            self.sessions.sync(session_rows(rows, fleet))
+            origins = session_origins(snap)
+            if origins != self.origins:
+                self.origins = origins
+                self.sessions.set_columns(session_columns(origins))
+            self.sessions.sync(session_rows(rows, origins))
             self._title_sessions(len(rows), sessions.get("total", len(rows)))
             self.routes.sync(route_rows(routes))
             self.dashboard.query_one(UpstreamsPanel).show(snap.get("upstreams") or [], now)

@@ -1,4 +1,5 @@
-"""`xps-console`: the server on a background thread with the dashboard in front, or `--attach`.
+"""`xps-console`: the server on a background thread with the dashboard in front, or `--attach`
+(given several times: those servers as one).
 
 Exit codes as `xps-server`'s: 0 after a clean quit, 2 for an invalid config, 1 when the server
 cannot start or the control socket cannot be reached. While the dashboard is up, log records
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 from xps_console.link import AttachedLink, EmbeddedLink, Link
 from xps_console.logs import LogBuffer
+from xps_console.multi import MultiLink
 from xps_server.cli import LOG_LEVELS
 from xps_server.config import ConfigError
 
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config", nargs="?", help="config file (JSON; default ./config.json)")
     parser.add_argument(
-        "--attach", metavar="SOCKET", help="steer the headless server on this control socket"
+        "--attach",
+        metavar="SOCKET",
+        action="append",
+        help="steer the headless server on this control socket; give it again for each "
+        "server of a fleet on this host, to see them as one (an Instance column tells "
+        "them apart)",
     )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log threshold")
     parser.add_argument("--log-file", metavar="PATH", help="also append log records to PATH")
@@ -87,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a CONFIG to run or --attach SOCKET to steer, not both")
     link: Link
     if args.attach:
-        if not os.path.exists(args.attach):
-            print(f"xps-console: no control socket at {args.attach}", file=sys.stderr)
+        missing = [path for path in args.attach if not os.path.exists(path)]
+        if missing:
+            print(f"xps-console: no control socket at {', '.join(missing)}", file=sys.stderr)
             return 1
-        link = AttachedLink(args.attach)
+        sockets = list(dict.fromkeys(args.attach))  # the same socket twice is one server
+        link = (
+            AttachedLink(sockets[0])
+            if len(sockets) == 1
+            else MultiLink([AttachedLink(path) for path in sockets])
+        )
     else:
         config_path = args.config or "config.json"
         try:

@@ -205,18 +205,30 @@ def clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# With several worker processes, sessions name their worker, after the id.
-SESSION_COLUMNS_FLEET = (SESSION_COLUMNS[0], ("worker", "W"), *SESSION_COLUMNS[1:])
+# Columns a sessions row may have after the id: the server it is on (a console attached to
+# several) and the worker process it is in (a server with several).
+SESSION_ORIGINS = (("instance", "Instance"), ("worker", "W"))
 
 
-def session_cells(row: dict, fleet: bool = False) -> tuple:
+def session_columns(origins: Sequence[str] = ()) -> Columns:
+    """The sessions table's columns, with these of `SESSION_ORIGINS` after the id."""
+    extra = tuple(column for column in SESSION_ORIGINS if column[0] in origins)
+    return (SESSION_COLUMNS[0], *extra, *SESSION_COLUMNS[1:])
+
+
+def session_cells(row: dict, origins: Sequence[str] = ()) -> tuple:
     """The cells of one sessions-table row; the id cell is the row key (rows sort by it).
-    `fleet`: the server has several workers, and a cell names the session's."""
+    `origins`: the columns of `SESSION_ORIGINS` shown. Over several servers a row's id is
+    made unique (`instance:id`); its cell shows the id its server gave it."""
     state = row.get("state", "")
-    worker = (number(str(row.get("worker", "-"))),) if fleet else ()
+    extra = tuple(
+        number(str(row.get(key, "-"))) if key == "worker" else str(row.get(key, "-"))
+        for key, _ in SESSION_ORIGINS
+        if key in origins
+    )
     return (
-        str(row["id"]),
-        *worker,
+        str(row.get("local_id", row["id"])),
+        *extra,
         row.get("client", ""),
         row.get("route") or "-",
         styled(state, STATE_STYLES.get(state, "")),
@@ -245,8 +257,8 @@ def tls_cell(tls: object) -> str:
     return f"{version.removeprefix('TLSv')} {cipher}".strip()
 
 
-def session_rows(rows: Iterable[dict], fleet: bool = False) -> list[Row]:
-    return [(str(row["id"]), session_cells(row, fleet), row) for row in rows]
+def session_rows(rows: Iterable[dict], origins: Sequence[str] = ()) -> list[Row]:
+    return [(str(row["id"]), session_cells(row, origins), row) for row in rows]
 
 
 WORKER_COLUMNS = (
@@ -605,7 +617,20 @@ SAVED = {
 
 
 def describe_reply(command: str, args: dict, reply: dict) -> tuple[str, str]:
-    """The sentence a command's reply becomes, and its toast severity."""
+    """The sentence a command's reply becomes, and its toast severity; over several servers,
+    with where it went."""
+    message, severity = _describe_reply(command, args, reply)
+    result = reply.get("result")
+    if isinstance(result, dict) and isinstance(result.get("instances"), list) and reply.get("ok"):
+        names = ", ".join(map(str, result["instances"]))
+        if result.get("via_fleet"):
+            message += f" (sent to {names}: the fleet shares it over Redis)"
+        else:
+            message += f" (on {names})"
+    return message, severity
+
+
+def _describe_reply(command: str, args: dict, reply: dict) -> tuple[str, str]:
     if not reply.get("ok"):
         return f"{_what(command, args)} failed: {reply.get('error')}", "error"
     result = reply.get("result")
@@ -686,6 +711,8 @@ _LABELS = {
     "config_reloaded": "reload",
     "link_closed": "link",
     "link_restored": "link",
+    "instance_lost": "link",
+    "instance_back": "link",
     "control_reply": "control",
     "fleet_connected": "fleet",
     "fleet_disconnected": "fleet",
@@ -752,7 +779,14 @@ def event_kinds(event: dict) -> int:
         return bits
     if kind == "config_reloaded":
         return OPERATOR | (0 if event.get("ok") else ERROR)
-    if kind in ("timeout", "tls_error", "link_closed", "control_reply", "fleet_disconnected"):
+    if kind in (
+        "timeout",
+        "tls_error",
+        "link_closed",
+        "instance_lost",
+        "control_reply",
+        "fleet_disconnected",
+    ):
         return ERROR
     if kind == "fleet_connected":
         return ACL
@@ -832,7 +866,14 @@ def event_message(event: dict) -> str:
             f"Redis {get('redis')} unreachable ({_one_line(get('error', ''))}): "
             "enforcing what is known, changes queued"
         )
-    if kind in ("config_reloaded", "link_closed", "link_restored", "control_reply"):
+    if kind in (
+        "config_reloaded",
+        "link_closed",
+        "link_restored",
+        "instance_lost",
+        "instance_back",
+        "control_reply",
+    ):
         return _one_line(get("message", ""))
     rest = {k: v for k, v in event.items() if k not in ("kind", "ts")}
     return json.dumps(rest, default=str)
@@ -853,7 +894,10 @@ def event_line(event: dict) -> str:
     """The log line of an event: time, label, message."""
     kind = event.get("kind", "?")
     label = _LABELS.get(kind, kind)
-    return f"{stamp(event.get('ts'))} {label:<{_LABEL_WIDTH}} {event_message(event)}"
+    # Over several servers, each line names the one it comes from.
+    instance = event.get("instance")
+    origin = f"[{instance}] " if instance else ""
+    return f"{stamp(event.get('ts'))} {label:<{_LABEL_WIDTH}} {origin}{event_message(event)}"
 
 
 def stamp(ts: float | None) -> str:

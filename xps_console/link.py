@@ -183,7 +183,13 @@ class AttachedLink(Link):
 
     async def open(self) -> None:
         await self._connect()
-        self._supervisor = asyncio.create_task(self._supervise(), name="xps-attached-link")
+        self.keep_trying()
+
+    def keep_trying(self) -> None:
+        """Reconnect whenever the connection ends; if `open` failed, keep trying to attach (a
+        console over several servers starts with those it can reach)."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="xps-attached-link")
 
     async def _connect(self) -> None:
         """Connect and subscribe; raises LinkError (leaving nothing open) if either fails."""

@@ -152,12 +152,14 @@ def _snapshot(core: Core, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fleet_summary(core: Core) -> dict[str, Any] | None:
-    """The fleet in brief, for the console's header; None without a `fleet` config."""
+    """The fleet in brief, for the console's header (and for a console attached to several
+    instances, to tell whether they share one: same Redis, same prefix); None without a
+    `fleet` config."""
     link = core.fleet_link
     if link is None:
         return None
     status = link.status()
-    return {key: status[key] for key in ("name", "redis", "connected", "alive", "queued")}
+    return {key: status[key] for key in ("name", "redis", "prefix", "connected", "alive", "queued")}
 
 
 def _fleet(core: Core, args: dict[str, Any]) -> dict[str, Any]:

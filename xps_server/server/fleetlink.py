@@ -193,6 +193,7 @@ class FleetLink:
             "enabled": True,
             "name": self.settings.name,
             "redis": self.url,
+            "prefix": self.settings.prefix,
             "connected": self.connected,
             "alive": sum(1 for row in self.instances if row["alive"]),
             "instances": self.instances,
