@@ -336,9 +336,9 @@ def merge_instances(
         "routes": [
             {**merge_figures(group), "gzip": group[0].get("gzip")} for group in route_rows.values()
         ],
-        "upstreams": merge_upstreams([(i.name, snap) for i, snap in snaps]),  # type: ignore[misc]
+        "upstreams": merge_upstreams([(i.name, snap) for i, snap in snaps]),
         "acl": merge_acl([snap.get("acl") or {} for _, snap in snaps]),
-        "metrics": merge_metrics(whole, metrics),  # type: ignore[arg-type]
+        "metrics": merge_metrics(whole, metrics),
         "events": {
             "published": sum((snap.get("events") or {}).get("published", 0) for _, snap in snaps),
             "dropped": sum((snap.get("events") or {}).get("dropped", 0) for _, snap in snaps),
@@ -378,7 +378,7 @@ def merge_acl(acls: list[dict]) -> dict[str, Any]:
 
 def tag_top(results: list[tuple[str, dict]], limit: int, sort: str) -> dict[str, Any]:
     """The top clients over the instances, each row naming the instances that saw it."""
-    merged = merge_top(results, limit, sort)  # type: ignore[arg-type]
+    merged = merge_top(results, limit, sort)
     seen: dict[str, list[str]] = {}
     for name, result in results:
         for row in result.get("clients") or []:

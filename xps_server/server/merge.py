@@ -14,8 +14,12 @@ state in ``states``.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+# What tells the merged replies apart: a worker's id, or (in a console attached to several
+# servers) an instance's name.
+Origin = int | str
 
 # Figures of which the fleet's value is the highest worker's, not the sum.
 HIGHEST = frozenset(
@@ -70,7 +74,7 @@ def _is_number(value: object) -> bool:
 
 
 def merge_metrics(
-    master: dict[str, Any], workers: list[tuple[int, dict[str, Any]]]
+    master: dict[str, Any], workers: Sequence[tuple[Origin, dict[str, Any]]]
 ) -> dict[str, Any]:
     """The metrics route's figures for the fleet: `master` gives what describes the whole
     (name, pid, workers, uptime), `workers` (id, metrics) the figures, added up."""
@@ -107,7 +111,7 @@ SESSION_ORDER: dict[str, tuple[Callable[[dict[str, Any]], Any], bool]] = {
 
 def merge_snapshot(
     master: dict[str, Any],
-    workers: list[tuple[int, dict[str, Any]]],
+    workers: Sequence[tuple[Origin, dict[str, Any]]],
     limit: int,
     sort: str,
     breakdown: list[dict[str, Any]],
@@ -147,10 +151,10 @@ def merge_snapshot(
     return merged
 
 
-def merge_upstreams(workers: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_upstreams(workers: Sequence[tuple[Origin, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each upstream once, its counters added; its state as the workers agree, or ``mixed``
     with each worker's in ``states``."""
-    rows: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    rows: dict[str, list[tuple[Origin, dict[str, Any]]]] = {}
     for worker, snap in workers:
         for row in snap["upstreams"]:
             rows.setdefault(row["addr"], []).append((worker, row))
@@ -172,7 +176,9 @@ TOP_ORDER: dict[str, Callable[[dict[str, Any]], tuple[int, int]]] = {
 }
 
 
-def merge_top(workers: list[tuple[int, dict[str, Any]]], limit: int, sort: str) -> dict[str, Any]:
+def merge_top(
+    workers: Sequence[tuple[Origin, dict[str, Any]]], limit: int, sort: str
+) -> dict[str, Any]:
     """The `top` command for the fleet: each address's figures added over the workers."""
     enabled = [snap for _, snap in workers if snap.get("enabled")]
     if not enabled:
