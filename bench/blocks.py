@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import socket
@@ -35,6 +34,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.control import ControlLink, start_until_listening
 
 START_TIMEOUT = 30.0
 REPLY_TIMEOUT = 600.0  # the old code needs over a minute for a 2,000-command batch
@@ -48,32 +49,6 @@ def _free_port() -> int:
 
 def _address(prefix: int, index: int) -> str:
     return f"{prefix}.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
-
-
-class ControlLink:
-    """A control-socket peer reading JSON lines."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(REPLY_TIMEOUT)
-        self.sock.connect(path)
-        self.buffer = b""
-
-    def read(self) -> dict:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("control socket closed")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
-
-    def command(self, message: dict) -> dict:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        return self.read()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class HttpProbe(threading.Thread):
@@ -151,13 +126,7 @@ def _start(
         config["state_file"] = str(state)
     (work / "config.json").write_text(json.dumps(config))
     command = [*shlex.split(args.xps), "--log-level", "warning", str(work / "config.json")]
-    proc = subprocess.Popen(command, cwd=args.cwd, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not os.path.exists(control):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"xps-server did not start: {command}")
-        time.sleep(0.05)
+    proc = start_until_listening(command, args.cwd, control, START_TIMEOUT)
     return proc, port, control, state
 
 
@@ -239,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="xps-bench-blocks-") as tmp:
         proc, _, control, _ = _start(args, Path(tmp) / "plain", with_state=False)
         try:
-            link = ControlLink(control)
+            link = ControlLink(control, REPLY_TIMEOUT)
             link.sock.sendall(_lines(10, args.existing))
             for _ in range(args.existing):
                 link.read()
@@ -249,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             _stop(proc)
         proc, port, control, state = _start(args, Path(tmp) / "saved", with_state=True)
         try:
-            link = ControlLink(control)
+            link = ControlLink(control, REPLY_TIMEOUT)
             assert link.command({"cmd": "ping"})["result"] == "pong"
             figures["sequential"] = _sequential(link, args.sequential)
             figures["batch"] = _batch(link, port, args.batch)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import shutil
 import socket
@@ -30,6 +29,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.control import ControlLink, start_until_listening
 
 START_TIMEOUT = 30.0
 EVENT_TIMEOUT = 10.0
@@ -42,38 +43,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ControlLink:
-    """A control-socket peer reading JSON lines."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(EVENT_TIMEOUT)
-        self.sock.connect(path)
-        self.buffer = b""
-
-    def read(self) -> dict:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("control socket closed")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
-
-    def command(self, message: dict) -> dict:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        return self.read()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class Watcher(threading.Thread):
     """Collects, per blocked address, when one instance applied another's block."""
 
     def __init__(self, control: str) -> None:
         super().__init__(daemon=True)
-        self.link = ControlLink(control)
+        self.link = ControlLink(control, EVENT_TIMEOUT)
         self.link.sock.settimeout(None)
         reply = self.link.command({"cmd": "subscribe"})
         if not reply.get("ok"):
@@ -138,18 +113,12 @@ def _start_instance(args: argparse.Namespace, work: Path, redis_url: str, name: 
     }
     (folder / "config.json").write_text(json.dumps(config))
     command = [*shlex.split(args.xps), "--log-level", "warning", str(folder / "config.json")]
-    proc = subprocess.Popen(command, cwd=args.cwd, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not os.path.exists(control):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"xps-server did not start: {command}")
-        time.sleep(0.05)
+    proc = start_until_listening(command, args.cwd, control, START_TIMEOUT)
     return proc, control
 
 
 def _wait_for_fleet(control: str, size: int) -> None:
-    link = ControlLink(control)
+    link = ControlLink(control, EVENT_TIMEOUT)
     deadline = time.monotonic() + START_TIMEOUT
     try:
         while True:
@@ -200,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             watchers = [Watcher(control) for control in controls[1:]]
             for watcher in watchers:
                 watcher.start()
-            origin = ControlLink(controls[0])
+            origin = ControlLink(controls[0], EVENT_TIMEOUT)
             samples = []
             for index in range(args.blocks):
                 cidr = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}/32"

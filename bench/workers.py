@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench import load, nginx, scenarios
 from bench.cli import default_xps
+from bench.control import ControlLink
 from bench.fixtures import write_fixtures
 from bench.peers import NGINX
 from bench.servers import Server, ServerError, free_port, raise_nofile
@@ -147,24 +148,6 @@ def _line(row: dict) -> str:
     )
 
 
-class Control:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(path)
-        self.buffer = b""
-
-    def command(self, message: dict) -> dict:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the control socket closed")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
-
-
 def _refused(port: int, source: str) -> bool:
     with socket.create_connection(("127.0.0.1", port), 5, (source, 0)) as sock:
         sock.settimeout(5)
@@ -174,7 +157,7 @@ def _refused(port: int, source: str) -> bool:
             return True
 
 
-def _serving(link: Control, count: int) -> bool:
+def _serving(link: ControlLink, count: int) -> bool:
     rows = link.command({"cmd": "snapshot", "args": {"limit": 0}})["result"].get("workers", [])
     return len(rows) == count and all(row["ready"] for row in rows)
 
@@ -205,7 +188,7 @@ def block_propagation(args: argparse.Namespace, work: Path) -> dict:
     )
     argv = [args.xps, str(config), "--log-level", "warning"]
     with Server("xps blocks", argv, port, work / "xps-blocks.log"):
-        link = Control(control)
+        link = ControlLink(control, 30)
         deadline = time.monotonic() + 30
         while not _serving(link, args.workers):
             if time.monotonic() > deadline:

@@ -91,6 +91,14 @@ def console(*servers: Instance) -> tuple[ConsoleApp, MultiLink]:
     return ConsoleApp(link), link
 
 
+async def served(server: Instance, source: str, clients: list[Client]) -> Client:
+    """A keep-alive client of `server` from address `source`, served one file already."""
+    client = await asyncio.to_thread(Client, server.port, "127.0.0.1", source)
+    clients.append(client)
+    assert (await get(client, "/hello.txt")).status == 200
+    return client
+
+
 def row_of(app: ConsoleApp, ip: str) -> tuple[str, dict] | None:
     """The sessions table's key and row of `ip`'s session once it served a request."""
     for key, row in app.sessions.data_by_key.items():
@@ -113,11 +121,8 @@ def test_sessions_of_both_servers_with_their_instance_and_b_blocks_on_both(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            victim = await asyncio.to_thread(Client, a.port, "127.0.0.1", BLOCKED_IP)
-            other = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
-            clients.extend((victim, other))
-            assert (await get(victim, "/hello.txt")).status == 200
-            assert (await get(other, "/hello.txt")).status == 200
+            victim = await served(a, BLOCKED_IP, clients)
+            other = await served(b, OTHER_IP, clients)
             victim_key, victim_row = await until(pilot, lambda: row_of(app, BLOCKED_IP))
             other_key, other_row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert "instance" in app.sessions.column_keys
@@ -176,11 +181,8 @@ def test_k_kills_the_session_on_its_own_server(tmp_path, site, instances):
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            on_a = await asyncio.to_thread(Client, a.port, "127.0.0.1", BLOCKED_IP)
-            on_b = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
-            clients.extend((on_a, on_b))
-            assert (await get(on_a, "/hello.txt")).status == 200
-            assert (await get(on_b, "/hello.txt")).status == 200
+            on_a = await served(a, BLOCKED_IP, clients)
+            on_b = await served(b, OTHER_IP, clients)
             await until(pilot, lambda: row_of(app, BLOCKED_IP))
             key, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             # Same id on both servers: the kill must reach b's, not a's.
@@ -219,9 +221,7 @@ def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updatin
             assert "a.sock DISCONNECTED" not in app.sub_title
             await until(pilot, lambda: any("[b.sock]" in line for line in app.event_log.shown
                                            if "link" in line))  # fmt: skip
-            client = await asyncio.to_thread(Client, a.port, "127.0.0.1", OTHER_IP)
-            clients.append(client)
-            assert (await get(client, "/hello.txt")).status == 200
+            client = await served(a, OTHER_IP, clients)
             _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert row["instance"] == "a.sock"
             client.close()
@@ -235,9 +235,7 @@ def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updatin
             assert not app.dashboard.has_class("-stale")
             assert "a.sock DISCONNECTED" in app.sub_title
             assert "b.sock DISCONNECTED" not in app.sub_title
-            client = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
-            clients.append(client)
-            assert (await get(client, "/hello.txt")).status == 200
+            client = await served(b, OTHER_IP, clients)
             _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert row["instance"] == "b.sock"
 
@@ -284,9 +282,7 @@ def test_a_server_down_at_start_joins_when_it_comes_up(tmp_path, site, instances
             assert "b.sock DISCONNECTED" in app.sub_title and app.connected
             await asyncio.to_thread(b.restart)
             await until(pilot, lambda: "DISCONNECTED" not in app.sub_title, timeout=15)
-            client = await asyncio.to_thread(Client, b.port, "127.0.0.1", OTHER_IP)
-            clients.append(client)
-            assert (await get(client, "/hello.txt")).status == 200
+            await served(b, OTHER_IP, clients)
             _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert row["instance"] == "b.sock"
 
