@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.json
 
-.PHONY: install run serve test lint bench clean
+.PHONY: install run serve test test-deps lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,17 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict xps_server
 
-test: lint
+# The fleet tests run a real Redis: installed here when missing, if this user can.
+test-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "make test: the fleet tests need redis-server (apt-get install redis-server)" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: lint test-deps
 	$(BIN)/python -m pytest
 
 # Both benchmarks run even if the first misses a budget; the exit code reports either miss.
