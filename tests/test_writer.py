@@ -23,8 +23,10 @@ from xps_server.http.writer import (
     http_date,
 )
 
+# A handler's own fields: never the ones the writer adds (Server, Date, framing, Connection).
+WRITERS_FIELDS = ("server", "date", "content-length", "transfer-encoding", "connection")
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
-    lambda name: name not in ("content-length", "transfer-encoding", "connection")
+    lambda name: name not in WRITERS_FIELDS
 )
 VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 ;=/", max_size=20).map(str.strip)
 FIELDS = st.lists(st.tuples(TOKEN, VALUE), max_size=5)
