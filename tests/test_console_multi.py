@@ -86,6 +86,21 @@ def files(site: Path) -> dict:
     )
 
 
+@pytest.fixture
+def two(instances, site: Path) -> tuple[Instance, Instance]:
+    """Two file servers, a.sock and b.sock."""
+    return instances("a", files(site)), instances("b", files(site))
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    """The test's HTTP clients, closed at the end whatever happened."""
+    made: list[Client] = []
+    yield made
+    for client in made:
+        client.close()
+
+
 def console(*servers: Instance) -> tuple[ConsoleApp, MultiLink]:
     link = MultiLink([AttachedLink(str(server.socket)) for server in servers])
     return ConsoleApp(link), link
@@ -111,13 +126,9 @@ def cell(app: ConsoleApp, key: str, column: str) -> str:
     return str(app.sessions.cell(key, column))
 
 
-def test_sessions_of_both_servers_with_their_instance_and_b_blocks_on_both(
-    tmp_path, site, instances
-):
-    a = instances("a", files(site))
-    b = instances("b", files(site))
+def test_sessions_of_both_servers_with_their_instance_and_b_blocks_on_both(two, clients):
+    a, b = two
     app, link = console(a, b)
-    clients: list[Client] = []
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -166,18 +177,12 @@ def test_sessions_of_both_servers_with_their_instance_and_b_blocks_on_both(
             # The other server's client is untouched.
             assert (await get(other, "/hello.txt")).status == 200
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for client in clients:
-            client.close()
+    asyncio.run(scenario())
 
 
-def test_k_kills_the_session_on_its_own_server(tmp_path, site, instances):
-    a = instances("a", files(site))
-    b = instances("b", files(site))
+def test_k_kills_the_session_on_its_own_server(two, clients):
+    a, b = two
     app, _ = console(a, b)
-    clients: list[Client] = []
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -197,20 +202,12 @@ def test_k_kills_the_session_on_its_own_server(tmp_path, site, instances):
             assert await closed_by_server(on_b)
             assert (await get(on_a, "/hello.txt")).status == 200
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for client in clients:
-            client.close()
+    asyncio.run(scenario())
 
 
-def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updating(
-    tmp_path, site, instances
-):
-    a = instances("a", files(site))
-    b = instances("b", files(site))
+def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updating(two, clients):
+    a, b = two
     app, _ = console(a, b)
-    clients: list[Client] = []
 
     async def scenario() -> None:
         async with app.run_test(size=SMALL) as pilot:
@@ -239,11 +236,7 @@ def test_one_server_stopping_shows_it_disconnected_while_the_other_keeps_updatin
             _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert row["instance"] == "b.sock"
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for client in clients:
-            client.close()
+    asyncio.run(scenario())
 
 
 def test_in_one_redis_fleet_a_block_is_sent_once_and_reaches_both(
@@ -269,12 +262,10 @@ def test_in_one_redis_fleet_a_block_is_sent_once_and_reaches_both(
     asyncio.run(scenario())
 
 
-def test_a_server_down_at_start_joins_when_it_comes_up(tmp_path, site, instances):
-    a = instances("a", files(site))
-    b = instances("b", files(site))
+def test_a_server_down_at_start_joins_when_it_comes_up(two, clients):
+    a, b = two
     b.stop()
     app, _ = console(a, b)
-    clients: list[Client] = []
 
     async def scenario() -> None:
         async with app.run_test(size=SMALL) as pilot:
@@ -286,11 +277,7 @@ def test_a_server_down_at_start_joins_when_it_comes_up(tmp_path, site, instances
             _, row = await until(pilot, lambda: row_of(app, OTHER_IP))
             assert row["instance"] == "b.sock"
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for client in clients:
-            client.close()
+    asyncio.run(scenario())
 
 
 def test_a_block_held_by_several_servers_is_one_acl_row():
