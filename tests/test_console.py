@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from rich.text import Text
 from textual import events
-from textual.command import CommandPalette
+from textual.command import Command as PaletteHit
+from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 from textual.widgets._footer import FooterKey
@@ -491,6 +492,7 @@ def test_k_asks_kills_and_a_second_press_kills_nobody_else(tmp_path, site, embed
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
+            shown = toasts(app)
             clients = {}
             for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
                 clients[ip] = await asyncio.to_thread(Client, port, "127.0.0.1", ip)
@@ -507,7 +509,8 @@ def test_k_asks_kills_and_a_second_press_kills_nobody_else(tmp_path, site, embed
             # The row under the cursor went: nothing is selected, nothing slid into place.
             assert app.sessions.selected() is None
             await pilot.press("k")
-            await pilot.pause(0.1)
+            lost = ("No session selected (the one selected went away; move the cursor)", "warning")
+            await until(pilot, lambda: lost in shown)  # the press was handled: no question
             assert not isinstance(app.screen, ConfirmScreen)
             for ip in ("127.0.0.2", "127.0.0.4"):
                 assert (await get(clients[ip], "/hello.txt")).status == 200
@@ -920,12 +923,22 @@ def test_z_zooms_the_focused_panel(tmp_path, site, embedded):
 
 
 # --- the palette and help -------------------------------------------------------------------
+def best_hit(app: ConsoleApp) -> str:
+    """The text of the palette's first hit (the one Enter picks), or "" while it has none."""
+    hits = app.screen.query_one(CommandList)
+    if not hits.option_count:
+        return ""
+    first = hits.get_option_at_index(0)
+    return (first.hit.text or str(first.prompt)) if isinstance(first, PaletteHit) else ""
+
+
 async def palette(pilot: Pilot, app: ConsoleApp, words: str) -> None:
     """Pick the palette's best hit for `words`."""
     await pilot.press("ctrl+p")
     await until(pilot, lambda: isinstance(app.screen, CommandPalette))
     await pilot.press(*words)
-    await pilot.pause(0.3)
+    # The search runs in a worker: wait until its hits for all of `words` are listed.
+    await until(pilot, lambda: words.lower() in best_hit(app).lower())
     await pilot.press("enter")
     await until(pilot, lambda: not isinstance(app.screen, CommandPalette))
 
