@@ -69,11 +69,7 @@ class FleetAnswer(NoBodyProducer):
         else:
             fields = _TEXT_FIELDS if self.as_prometheus else _JSON_FIELDS
         self.sent = True
-        stream = ctx.start_body(Response(200, fields, body, len(body)))
-        if stream is not None:
-            stream.write(body)
-            stream.end()
-        ctx.stream_done(200, len(body))
+        ctx.stream_done(200, ctx.send_response(Response(200, fields, body, len(body))))
 
     # --- the producer protocol (a metrics request's body, if any, is not read) -------------
     def resume(self) -> None:

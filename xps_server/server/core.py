@@ -306,9 +306,11 @@ class Core:
         now = self.loop.now
         elapsed = now - session.started
         stats.record_response(status, elapsed)
-        route_stats = session.route_stats
-        if route_stats is not None:
-            route_stats.record(status, elapsed)
+        route_state = session.route_state
+        if route_state is not None:
+            route_stats = route_state.stats  # None when histograms are off
+            if route_stats is not None:
+                route_stats.record(status, elapsed)
         if status >= 400 and self.limiting.watch_status:
             self.limiting.status(session, status)
         if self.top is not None:

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from xps_server.routes.tunnel import Tunnel
     from xps_server.server.core import Core
     from xps_server.server.routing import RouteState, ServerView
-    from xps_server.traffic import TrafficStats
 
 log = logging.getLogger("xps.session")
 
@@ -86,7 +85,6 @@ class Session:
         "requests",
         "route",
         "route_state",
-        "route_stats",
         "started",
         "timer",
         "top_4xx",
@@ -118,7 +116,6 @@ class Session:
         self.opened = core.loop.now
         self.route = ""  # req_path of the route that took the latest request
         self.route_state: RouteState | None = None  # the server's state of that route
-        self.route_stats: TrafficStats | None = None  # that route's, when histograms are on
         self.upstream = ""  # the upstream of the latest proxied request
         # The limit_conn counters this connection is counted in (None: none yet).
         self.limits_counted: list[ConnCounter] | None = None
@@ -446,7 +443,6 @@ class Session:
             return
         self.route = state.req_path
         self.route_state = state
-        self.route_stats = state.stats
         access = state.access
         if access is not None and not access.allows(self.conn.peer_ip):
             core.deny(self, state, path)
@@ -471,7 +467,6 @@ class Session:
         """The answer about to go out belongs to no route (not the previous request's)."""
         self.route = ""
         self.route_state = None
-        self.route_stats = None
 
     # --- responding -------------------------------------------------------------------------
     def respond(self, response: Response) -> None:
