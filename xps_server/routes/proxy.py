@@ -46,7 +46,7 @@ from xps_server.http.response_parser import Response as UpstreamResponse
 from xps_server.http.writer import LAST_CHUNK, RelayedResponse, Response, chunk
 from xps_server.network.connection import NO_HANDLER
 from xps_server.network.upstream import LocalConnectError
-from xps_server.routes.tunnel import open_tunnel, requested_upgrade
+from xps_server.routes.tunnel import open_tunnel, requested_upgrade, switch_offered
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -492,10 +492,12 @@ class ProxyStream:
 
     def _switch(self, upstream: UpstreamResponse) -> None:
         """A 101: the connection becomes a tunnel, if the request asked for it and the
-        upstream says to what; otherwise the upstream is confused (502)."""
+        upstream says to which of the protocols offered; otherwise the upstream is confused
+        (502)."""
         protocols = upstream.headers.get("upgrade")
-        if self.upgrade is None or not protocols:
-            self._failed("101 Switching Protocols to a request that did not ask for it")
+        offered = self.upgrade
+        if offered is None or protocols is None or not switch_offered(offered, protocols):
+            self._failed("101 Switching Protocols to a protocol the request did not offer")
             self._give_up(502)
             return
         conn = self.conn
