@@ -430,6 +430,8 @@ BAD_REQUESTS = {
     "http-0.9-ish": b"GET / HTTP/1\r\n" + H + b"\r\n",
     "relative-target": b"GET a/b HTTP/1.1\r\n" + H + b"\r\n",
     "authority-form": b"CONNECT example.com:443 HTTP/1.1\r\n" + H + b"\r\n",
+    "connect-origin-form": b"CONNECT / HTTP/1.1\r\n" + H + b"\r\n",
+    "connect-absolute-form": b"CONNECT http://example.com/ HTTP/1.1\r\n" + H + b"\r\n",
     "asterisk-with-get": b"GET * HTTP/1.1\r\n" + H + b"\r\n",
     "ftp-scheme": b"GET ftp://h/ HTTP/1.1\r\n" + H + b"\r\n",
     "empty-authority": b"GET http:///p HTTP/1.1\r\n" + H + b"\r\n",

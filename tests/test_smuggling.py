@@ -134,6 +134,10 @@ VECTORS: list[Vector] = [
     Vector("base-http10-close", cl(version="1.0"), Forward(HELLO)),
     Vector("base-http10-keep-alive", cl("Connection: keep-alive", version="1.0"), Forward(HELLO)),
     Vector("base-leading-empty-lines", b"\r\n\r\n" + cl(), Forward(HELLO)),
+    # CONNECT needs the authority-form, which we refuse; in any other form it would reach the
+    # upstream, whose 2xx to it makes the connection a tunnel (RFC 9112 §6.3) we would pool.
+    Vector("connect-origin-form", msg(method="CONNECT"), Reject()),
+    Vector("connect-absolute-form", msg(method="CONNECT", target="http://localhost/"), Reject()),
     # CL.TE and TE.CL: both framings at once. RFC 9112 §6.1 lets a server reject it, and
     # nginx (since 1.21.1) answers 400: there is no safe way to pick one.
     Vector(

@@ -502,6 +502,36 @@ def test_a_101_without_upgrade_is_a_bad_gateway(backends, proxy):
         assert read_until_close(sock).startswith(b"HTTP/1.1 502 ")
 
 
+@pytest.mark.parametrize("switched_to", ["h2c", "websocket", "echo-proto/1, h2c"])
+def test_a_101_to_a_protocol_not_offered_is_a_bad_gateway(backends, proxy, switched_to):
+    def switch_elsewhere(req: Req, conn: BackendConn) -> None:
+        conn.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+            b"Upgrade: %s\r\n\r\n" % switched_to.encode()
+        )
+
+    server = proxy(backends(switch_elsewhere).port)
+    with tcp_connect(server.port) as sock:
+        sock.sendall(UPGRADE)  # offers echo-proto/1 only
+        assert read_until_close(sock).startswith(b"HTTP/1.1 502 ")
+    assert metrics(server)["tunnels_total"] == 0
+
+
+def test_a_101_may_name_the_offered_protocol_in_another_case(backends, proxy):
+    def switch(req: Req, conn: BackendConn) -> None:
+        conn.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+            b"Upgrade: Echo-Proto/1\r\n\r\n"
+        )
+        conn.close()
+
+    server = proxy(backends(switch).port)
+    with tcp_connect(server.port) as sock:
+        sock.sendall(UPGRADE)
+        assert read_until_close(sock).startswith(b"HTTP/1.1 101 ")
+    assert metrics(server)["tunnels_total"] == 1
+
+
 # --- back-pressure ------------------------------------------------------------------------------
 def buffered(server: RunningServer) -> tuple[int, int, bool, bool]:
     """(bytes the tunnel holds toward the client, toward the upstream, whether it stopped

@@ -162,6 +162,11 @@ def _request_line(line: str) -> tuple[str, str, str, str, bool, str | None]:
     method, target, version = parts
     if method not in _METHODS:
         raise ParseError(400, "unknown method")
+    if method == "CONNECT":
+        # RFC 9112 §3.2.3: CONNECT takes the authority-form only, which no route serves. Any
+        # other form is malformed, and passed upstream a 2xx to it would make that connection
+        # a tunnel (RFC 9112 §6.3) where we read a message and pool the connection.
+        raise ParseError(400, "bad request-target")
     if version == "HTTP/1.1":
         v11 = True
     elif version == "HTTP/1.0":

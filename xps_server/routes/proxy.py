@@ -46,7 +46,7 @@ from xps_server.http.response_parser import Response as UpstreamResponse
 from xps_server.http.writer import LAST_CHUNK, RelayedResponse, Response, chunk
 from xps_server.network.connection import NO_HANDLER
 from xps_server.network.upstream import LocalConnectError
-from xps_server.routes.tunnel import open_tunnel, requested_upgrade
+from xps_server.routes.tunnel import open_tunnel, requested_upgrade, switch_offered
 
 if TYPE_CHECKING:
     from xps_server.config import Route
@@ -79,9 +79,10 @@ _CONNECT_LOG = LogThrottle()  # connects failing here: one line per interval
 
 # Requests that may be sent twice (RFC 9110 §9.2.2): a dead pooled connection is retried.
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
-# Fields a compressed body replaces or invalidates; Vary is rewritten on every gzip candidate.
-_GZIP_DROP = frozenset(("accept-ranges", "etag", "vary"))
-_VARY_DROP = frozenset(("vary",))
+# What a gzip candidate drops besides: the fields a compressed body replaces or invalidates,
+# and Vary, which is rewritten on every candidate.
+_GZIP_DROP = _RESPONSE_DROP | {"accept-ranges", "etag", "vary"}
+_VARY_DROP = _RESPONSE_DROP | {"vary"}
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
 _WEAK_ETAG = re.compile(r'W/"[\x21\x23-\x7e\x80-\xff]*"').fullmatch
 
@@ -143,11 +144,11 @@ def upstream_request_head(
 
 
 def _fields(
-    response: UpstreamResponse, more: str = "", drop_also: frozenset[str] = frozenset()
+    response: UpstreamResponse, more: str = "", drop: frozenset[str] = _RESPONSE_DROP
 ) -> bytes:
-    """The response's header lines minus the hop-by-hop and framing ones (and `drop_also`), as
-    received otherwise; then the lines of `more`."""
-    drop = (_RESPONSE_DROP | drop_also) if drop_also else _RESPONSE_DROP
+    """The response's header lines minus those named in `drop` (the hop-by-hop and framing
+    ones, and any the Connection field lists), as received otherwise; then the lines of
+    `more`."""
     connection = response.headers.get("connection")
     if connection is not None:
         options = _connection_options(connection)
@@ -492,10 +493,12 @@ class ProxyStream:
 
     def _switch(self, upstream: UpstreamResponse) -> None:
         """A 101: the connection becomes a tunnel, if the request asked for it and the
-        upstream says to what; otherwise the upstream is confused (502)."""
+        upstream says to which of the protocols offered; otherwise the upstream is confused
+        (502)."""
         protocols = upstream.headers.get("upgrade")
-        if self.upgrade is None or not protocols:
-            self._failed("101 Switching Protocols to a request that did not ask for it")
+        offered = self.upgrade
+        if offered is None or protocols is None or not switch_offered(offered, protocols):
+            self._failed("101 Switching Protocols to a protocol the request did not offer")
             self._give_up(502)
             return
         conn = self.conn

@@ -3,11 +3,13 @@ tunnel a `101 Switching Protocols` makes of the client and upstream connections.
 
 Which requests may upgrade (`requested_upgrade`): a GET over HTTP/1.1 without a body whose
 Connection lists `upgrade` and whose Upgrade names well-formed protocols, as nginx passes them
-when configured for WebSockets. `h2c` is never passed on: an HTTP/2 connection to the upstream
-would let the client send it any request, past the route's path and access rules. Any other
-request loses both fields on its way upstream, as hop-by-hop fields always do. An upgrade
-request's session reads nothing more from the client until the upstream answers (what follows
-it is the new protocol's, never HTTP), and closes after any answer but a 101.
+when configured for WebSockets; a 101 to it must name only protocols it offered
+(`switch_offered`), else the upstream is a bad gateway. `h2c` is never passed on: an HTTP/2
+connection to the upstream would let the client send it any request, past the route's path
+and access rules. Any other request loses both fields on its way upstream, as hop-by-hop
+fields always do. An upgrade request's session reads nothing more from the client until the
+upstream answers (what follows it is the new protocol's, never HTTP), and closes after any
+answer but a 101.
 
 On a 101 that names its protocol (`open_tunnel`), the head goes to the client and a `Tunnel`
 takes both connections over:
@@ -64,6 +66,15 @@ def requested_upgrade(request: Request) -> str | None:
         if _PROTOCOL(protocol) is None or protocol.partition("/")[0].lower() in _NEVER:
             return None
     return ", ".join(protocols)
+
+
+def switch_offered(upgrade: str, protocols: str) -> bool:
+    """Whether a 101's Upgrade (`protocols`) names only protocols the request offered
+    (`upgrade`, from `requested_upgrade`): a server may switch to no other (RFC 9110 §7.8),
+    and one that does (to `h2c`, say) would let the client past the route's rules."""
+    offered = {p.lower() for p in upgrade.split(", ")}
+    named = [p for p in (p.strip(" \t").lower() for p in protocols.split(",")) if p]
+    return bool(named) and offered.issuperset(named)
 
 
 class _End:
