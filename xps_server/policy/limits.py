@@ -26,7 +26,6 @@ import math
 import socket
 from collections import OrderedDict
 
-KEY_KINDS = ("ip", "ip/24")
 DEFAULT_MAX_KEYS = 100_000  # clients remembered per limiter before the LRU forgets
 MAX_RETRY_AFTER = 86_400  # seconds: a Retry-After never says more (a tiny rate's wait is huge)
 
