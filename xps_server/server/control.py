@@ -137,7 +137,7 @@ def _snapshot(core: Core, args: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "config": core.config.path,
         "time": time.time(),
-        "listeners": [_address(*listener.address) for listener in core.listeners.values()],
+        "listeners": [host_port(*listener.address) for listener in core.listeners.values()],
         "sessions": {
             "total": len(core.sessions),
             "rows": [session_row(s, now) for s in sessions],
@@ -197,7 +197,7 @@ def _session(core: Core, args: dict[str, Any]) -> dict[str, Any]:
     return {
         **session_row(session, now),
         "port": session.conn.peer_port,
-        "listener": _address(listener.host, listener.port),
+        "listener": host_port(listener.host, listener.port),
         "last_request": None
         if last is None
         else {
@@ -488,7 +488,8 @@ class CommandAPI:
         return future
 
 
-def _address(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """An address as the snapshots show it ("host:port", "[v6]:port")."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

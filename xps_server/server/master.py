@@ -56,7 +56,7 @@ from xps_server.network.listener import listening_socket
 from xps_server.routes import HANDLERS
 from xps_server.server.channel import Channel
 from xps_server.server.commands import CommandError
-from xps_server.server.control import COMMANDS, CommandAPI, ControlServer
+from xps_server.server.control import COMMANDS, CommandAPI, ControlServer, host_port
 from xps_server.server.core import Core
 from xps_server.server.lifecycle import LoopHost
 from xps_server.server.merge import merge_metrics, merge_snapshot, merge_top
@@ -707,10 +707,7 @@ class FleetAPI(CommandAPI):
     def _snapshot(self, parsed: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
         master = self.master
         own = COMMANDS["snapshot"].handler(self.core, {**parsed, "limit": 0})
-        own["listeners"] = [
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            for host, port in master.listen_addresses
-        ]
+        own["listeners"] = [host_port(host, port) for host, port in master.listen_addresses]
 
         def merged(replies: Replies) -> None:
             result = merge_snapshot(
