@@ -403,24 +403,19 @@ class Master(LoopHost):
         here already, to `targets` (default: every worker), as the command that makes it."""
         op = change["op"]
         args: dict[str, Any]
-        if op == "block":
+        if op in ("block", "unblock"):
             args = {"cidr": change["cidr"], "route": change["route"]}
-            if change["expires_at"] is not None:
+            if op == "block" and change["expires_at"] is not None:
                 args["seconds"] = change["expires_at"] - time.time()
                 if args["seconds"] <= 0:
                     return  # expired on its way
-        elif op == "unblock":
-            args = {"cidr": change["cidr"], "route": change["route"]}
         elif op == "gzip":
             enabled = change["enabled"]
-            args = (
-                {"route": change["route"], "reset": True}
-                if enabled is None
-                else {
-                    "route": change["route"],
-                    "enabled": enabled,
-                }
-            )
+            args = {"route": change["route"]}
+            if enabled is None:
+                args["reset"] = True
+            else:
+                args["enabled"] = enabled
         else:
             args = {"upstream": change["addr"]}
 
@@ -769,9 +764,8 @@ class FleetAPI(CommandAPI):
                 reply.pop("result", None)
             elif isinstance(result, dict) and "closed" in result:
                 result["closed"] = sum(r["result"].get("closed", 0) for _, r in replies)
-            result_workers = len(replies)
             if isinstance(result, dict):
-                result["workers"] = result_workers
+                result["workers"] = len(replies)
             waiting["workers"] = False
             finish()
 
