@@ -43,6 +43,7 @@ from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
 from xps_server.network.connection import Connection, TlsInfo
 from xps_server.server.commands import NUMBER, Arg, Command, CommandError
+from xps_server.toptalkers import SORTS as TOP_SORTS
 
 if TYPE_CHECKING:
     from xps_server.server.core import Core
@@ -57,7 +58,6 @@ EVENTS_PER_TURN = 250  # a batch goes out in chunks this big, one per loop turn
 SUBSCRIBER_QUEUE = 20_000
 SESSION_ROWS = 200  # a snapshot lists at most this many sessions unless asked otherwise
 TOP_WINDOWS = (10, 60)  # seconds the `top` command can look back
-TOP_SORTS = ("requests", "bytes", "errors")
 TOP_LIMIT = 1000
 # Request fields whose values a session's detail view never shows: credentials.
 SECRET_FIELDS = frozenset(("authorization", "proxy-authorization", "cookie"))
