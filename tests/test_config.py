@@ -26,6 +26,7 @@ from xps_server.config import (
     load_config,
     parse_config,
 )
+from xps_server.config.routes import parse_route_name, route_key
 
 DELETE = object()
 
@@ -579,6 +580,26 @@ def test_pathological_json_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match="invalid JSON"):
         load_config(str(path))
+
+
+# -- route names ----------------------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    index=st.integers(0, 20),
+    path=st.from_regex(r"/([a-z0-9:._-]+(/[a-z0-9:._-]+)*)?", fullmatch=True),
+)
+def test_route_names_read_back(index: int, path: str) -> None:
+    assert parse_route_name(route_key(index, path)) == (index, path)
+    if path != "/":
+        assert parse_route_name(route_key(index, path) + "/") == (index, path)
+
+
+def test_route_name_forms() -> None:
+    assert parse_route_name("/") == (0, "/")
+    assert parse_route_name("2:/api/") == (2, "/api")
+    assert parse_route_name("x:/api") == (0, "x:/api")  # not a server index
 
 
 # -- find_route -----------------------------------------------------------------------------

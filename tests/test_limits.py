@@ -29,6 +29,7 @@ from xps_server.config import ConfigError, parse_config
 from xps_server.policy.blocklist import BlockList
 from xps_server.policy.limits import (
     ConnCounter,
+    ReportThrottle,
     RequestLimiter,
     WindowCounter,
     client_key,
@@ -187,6 +188,16 @@ def test_window_counter_matches_a_model(count: int, events: list[tuple[int, int]
         else:
             windows[key] = (start, seen)
         assert counter.hit(key, now) == crossed
+
+
+def test_report_throttle() -> None:
+    throttle = ReportThrottle(interval=1.0, max_keys=2)
+    # A key's first hit reports at once; hits within the interval are held and counted.
+    assert [throttle.hit("a", t) for t in (0.0, 0.5, 0.9, 1.0, 1.5)] == [1, 0, 0, 3, 0]
+    assert throttle.hit("b", 0.2) == 1
+    # A third key forgets all: "a" reports its next hit at once, the held one is lost.
+    assert throttle.hit("c", 1.6) == 1
+    assert throttle.hit("a", 1.7) == 1
 
 
 def test_block_reasons_survive_the_state_file() -> None:

@@ -39,7 +39,7 @@ from .model import (
     Tls,
     Upstream,
 )
-from .routes import route_key
+from .routes import parse_route_name, route_key
 
 MAX_WORKERS = 1024  # worker processes a config may ask for
 
@@ -818,12 +818,7 @@ class _Checker:
         text = self.text(value, where)
         if text is None:
             return None
-        index = 0
-        head, sep, rest = text.partition(":")
-        if sep and head.isascii() and head.isdigit():
-            index, text = int(head), rest
-        if len(text) > 1 and text.endswith("/"):
-            text = text[:-1]
+        index, text = parse_route_name(text)
         servers = config.servers
         if index < len(servers) and text in servers[index].route_map:
             return route_key(index, text)

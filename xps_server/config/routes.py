@@ -2,7 +2,8 @@
 
 Both run on every request, so they only probe precomputed data: `find_route` walks the path's
 "/" boundaries from longest to shortest against a route map (req_path -> route, or -> what the
-server keeps for it); `route_key` is how operators and the runtime name a route.
+server keeps for it); `route_key` is how operators and the runtime name a route, and
+`parse_route_name` reads such a name back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ _R = TypeVar("_R")
 def route_key(server_index: int, req_path: str) -> str:
     """How operators name a route: its req_path, prefixed by the server index past the first."""
     return req_path if server_index == 0 else f"{server_index}:{req_path}"
+
+
+def parse_route_name(name: str) -> tuple[int, str]:
+    """(server index, req_path) an operator's route name means: the inverse of `route_key`,
+    tolerating a trailing "/" (as the config reads req_path)."""
+    index = 0
+    head, sep, rest = name.partition(":")
+    if sep and head.isascii() and head.isdigit():
+        index, name = int(head), rest
+    if len(name) > 1 and name.endswith("/"):
+        name = name[:-1]
+    return index, name
 
 
 def _bare_host(host: str) -> str:

@@ -58,15 +58,14 @@ class BlockList:
         key = (route, network)
         old = self.entries.get(key, _MISSING)
         reasons = self.reasons
-        if reason != reasons.get(key):
+        reason_changed = reason != reasons.get(key)
+        if reason_changed:
             if reason is None:
                 del reasons[key]
             else:
                 reasons[key] = reason
-        elif old == expires_at:
-            return False
         if old == expires_at:
-            return True  # only the reason changed
+            return reason_changed
         self.entries[key] = expires_at
         if old is _MISSING:
             self._set_for(route).add(network)

@@ -11,7 +11,9 @@ leaving the bucket as it was. So with an empty bucket, b + 1 requests at one ins
 admitted and each further one at that instant is refused (b + 1 + k requests: k refusals).
 
 `ConnCounter` counts connections per key for `limit_conn`; `WindowCounter` counts events per
-key in a window anchored at the key's first counted event (for automatic blocks).
+key in a window anchored at the key's first counted event (for automatic blocks);
+`ReportThrottle` lets at most one report per key per interval through, with the count it covers
+(for the per-address events of refusals and rejections).
 
 Memory: buckets and windows live in an LRU (an OrderedDict: a hit moves its key to the end, a
 new key beyond `max_keys` evicts the least recently used). Every operation is O(1). A
@@ -24,7 +26,6 @@ import math
 import socket
 from collections import OrderedDict
 
-KEY_KINDS = ("ip", "ip/24")
 DEFAULT_MAX_KEYS = 100_000  # clients remembered per limiter before the LRU forgets
 MAX_RETRY_AFTER = 86_400  # seconds: a Retry-After never says more (a tiny rate's wait is huge)
 
@@ -175,3 +176,40 @@ class WindowCounter:
             del windows[key]
             return True
         return False
+
+
+class _Unreported:
+    __slots__ = ("count", "last_report")
+
+    def __init__(self, last_report: float) -> None:
+        self.last_report = last_report
+        self.count = 0
+
+
+class ReportThrottle:
+    """At most one report per key per `interval`: `hit` counts one occurrence of `key` and
+    says how many occurrences the report due now covers (0: none is due). Memory is bounded
+    crudely: a new key beyond `max_keys` forgets every key (each then reports at once)."""
+
+    __slots__ = ("_keys", "interval", "max_keys")
+
+    def __init__(self, interval: float, max_keys: int) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._keys: dict[str, _Unreported] = {}
+
+    def hit(self, key: str, now: float) -> int:
+        """Count one occurrence of `key` at `now`; the count to report, or 0 when none is due."""
+        keys = self._keys
+        seen = keys.get(key)
+        if seen is None:
+            if len(keys) >= self.max_keys:
+                keys.clear()
+            seen = keys[key] = _Unreported(now - self.interval)
+        seen.count += 1
+        if now - seen.last_report < self.interval:
+            return 0
+        count = seen.count
+        seen.last_report = now
+        seen.count = 0
+        return count

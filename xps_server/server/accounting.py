@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from xps_server.events import ConnectionRefused
+from xps_server.policy.limits import ReportThrottle
 from xps_server.toptalkers import TopTalkers
 from xps_server.traffic import GENERATION_SECONDS, TrafficStats
 
@@ -37,17 +38,6 @@ REFUSAL_EVENT_INTERVAL = 1.0  # at most one connection_refused event per address
 REFUSAL_MEMORY = 10_000  # addresses whose last event is remembered before the memory starts over
 
 
-class _Refusals:
-    """One address's refusals: when its last connection_refused event went out, and how many
-    refusals have not been reported since."""
-
-    __slots__ = ("count", "last_event")
-
-    def __init__(self, last_event: float) -> None:
-        self.last_event = last_event
-        self.count = 0
-
-
 class Accounting:
     """Traffic figures of one core (see the module docstring)."""
 
@@ -59,7 +49,7 @@ class Accounting:
         self.pending: list[Session] = []  # sessions with counts the tracker has not had yet
         self._report_timer = loop.timer(self.report)
         self._upstreams: UpstreamRegistry | None = None
-        self._refusals: dict[str, _Refusals] = {}  # by address
+        self._refusal_events = ReportThrottle(REFUSAL_EVENT_INTERVAL, REFUSAL_MEMORY)
         self._timer = loop.timer(self._rotate)
         self._timer.reset(loop.now + GENERATION_SECONDS)
 
@@ -136,17 +126,9 @@ class Accounting:
             top.refused(ip, now)
         if not self.bus.active:
             return
-        refusals = self._refusals
-        seen = refusals.get(ip)
-        if seen is None:
-            if len(refusals) >= REFUSAL_MEMORY:
-                refusals.clear()
-            seen = refusals[ip] = _Refusals(now - REFUSAL_EVENT_INTERVAL)
-        seen.count += 1
-        if now - seen.last_event >= REFUSAL_EVENT_INTERVAL:
-            self.bus.publish(ConnectionRefused(time.time(), ip, cidr or "", seen.count))
-            seen.last_event = now
-            seen.count = 0
+        count = self._refusal_events.hit(ip, now)
+        if count:
+            self.bus.publish(ConnectionRefused(time.time(), ip, cidr or "", count))
 
     def close(self) -> None:
         self._timer.close()

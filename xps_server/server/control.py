@@ -43,6 +43,7 @@ from xps_server.core.loop import EPOLLET, EPOLLIN
 from xps_server.events import OperatorAction, Subscription
 from xps_server.network.connection import Connection, TlsInfo
 from xps_server.server.commands import NUMBER, Arg, Command, CommandError
+from xps_server.toptalkers import SORTS as TOP_SORTS
 
 if TYPE_CHECKING:
     from xps_server.server.core import Core
@@ -57,7 +58,6 @@ EVENTS_PER_TURN = 250  # a batch goes out in chunks this big, one per loop turn
 SUBSCRIBER_QUEUE = 20_000
 SESSION_ROWS = 200  # a snapshot lists at most this many sessions unless asked otherwise
 TOP_WINDOWS = (10, 60)  # seconds the `top` command can look back
-TOP_SORTS = ("requests", "bytes", "errors")
 TOP_LIMIT = 1000
 # Request fields whose values a session's detail view never shows: credentials.
 SECRET_FIELDS = frozenset(("authorization", "proxy-authorization", "cookie"))
@@ -137,7 +137,7 @@ def _snapshot(core: Core, args: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "config": core.config.path,
         "time": time.time(),
-        "listeners": [_address(*listener.address) for listener in core.listeners.values()],
+        "listeners": [host_port(*listener.address) for listener in core.listeners.values()],
         "sessions": {
             "total": len(core.sessions),
             "rows": [session_row(s, now) for s in sessions],
@@ -197,7 +197,7 @@ def _session(core: Core, args: dict[str, Any]) -> dict[str, Any]:
     return {
         **session_row(session, now),
         "port": session.conn.peer_port,
-        "listener": _address(listener.host, listener.port),
+        "listener": host_port(listener.host, listener.port),
         "last_request": None
         if last is None
         else {
@@ -488,7 +488,8 @@ class CommandAPI:
         return future
 
 
-def _address(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """An address as the snapshots show it ("host:port", "[v6]:port")."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

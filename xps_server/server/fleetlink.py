@@ -150,7 +150,8 @@ class FleetLink:
         self._gzip_key = f"{prefix}:gzip"
         self._drained_key = f"{prefix}:drained"
         self._instances_key = f"{prefix}:instances"
-        self._instance_key = f"{prefix}:instance:{settings.name}"
+        self._instance_prefix = f"{prefix}:instance:"  # + an instance's name: its heartbeat
+        self._instance_key = self._instance_prefix + settings.name
         self.channel = f"{prefix}:changes"
         # The loop side.
         self.connected = False
@@ -550,7 +551,7 @@ class FleetLink:
         pipe.zrange(self._instances_key, 0, -1, withscores=True)
         listing = pipe.execute()[-1]
         names = [member.decode(errors="replace") for member, _ in listing]
-        prefix = self._instances_key[: -len("instances")] + "instance:"
+        prefix = self._instance_prefix
         alive = redis.mget([prefix + n for n in names]) if names else []
         instances = [
             {

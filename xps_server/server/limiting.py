@@ -33,6 +33,7 @@ from xps_server.events import AutoBlocked, RateLimited
 from xps_server.policy.acl import NetSet
 from xps_server.policy.limits import (
     ConnCounter,
+    ReportThrottle,
     RequestLimiter,
     WindowCounter,
     client_key,
@@ -114,17 +115,6 @@ class RouteLimits:
         return True
 
 
-class _Rejections:
-    """One address's rejections: when its last rate_limited event went out, and how many
-    rejections have not been reported since."""
-
-    __slots__ = ("count", "last_event")
-
-    def __init__(self, last_event: float) -> None:
-        self.last_event = last_event
-        self.count = 0
-
-
 class _Rule:
     """An auto_block rule with its per-client window counts."""
 
@@ -142,7 +132,7 @@ class Limiting:
         self.core = core
         self.routes: dict[str, RouteLimits] = {}  # by route key, routes with limits only
         self.auto_blocks = 0  # blocks applied by auto_block rules
-        self._rejections: dict[str, _Rejections] = {}  # by address, for the events
+        self._rejection_events = ReportThrottle(REJECTION_EVENT_INTERVAL, REJECTION_MEMORY)
         self._limited_rules: list[_Rule] = []  # when: rate_limited
         self._status_rules: list[_Rule] = []  # when: status_4xx, status_5xx
         self.watch_status = False  # any status rule: the core reports 4xx and 5xx here
@@ -184,17 +174,9 @@ class Limiting:
         session.error(429, extra)
 
     def _event(self, ip: str, route: str, limit: str, now: float) -> None:
-        rejections = self._rejections
-        seen = rejections.get(ip)
-        if seen is None:
-            if len(rejections) >= REJECTION_MEMORY:
-                rejections.clear()
-            seen = rejections[ip] = _Rejections(now - REJECTION_EVENT_INTERVAL)
-        seen.count += 1
-        if now - seen.last_event >= REJECTION_EVENT_INTERVAL:
-            self.core.bus.publish(RateLimited(time.time(), ip, route, limit, seen.count))
-            seen.last_event = now
-            seen.count = 0
+        count = self._rejection_events.hit(ip, now)
+        if count:
+            self.core.bus.publish(RateLimited(time.time(), ip, route, limit, count))
 
     def status(self, session: Session, status: int) -> None:
         """A 4xx or 5xx response went out to the session's client (only while `watch_status`)."""

@@ -56,7 +56,7 @@ from xps_server.network.listener import listening_socket
 from xps_server.routes import HANDLERS
 from xps_server.server.channel import Channel
 from xps_server.server.commands import CommandError
-from xps_server.server.control import COMMANDS, CommandAPI, ControlServer
+from xps_server.server.control import COMMANDS, CommandAPI, ControlServer, host_port
 from xps_server.server.core import Core
 from xps_server.server.lifecycle import LoopHost
 from xps_server.server.merge import merge_metrics, merge_snapshot, merge_top
@@ -403,24 +403,19 @@ class Master(LoopHost):
         here already, to `targets` (default: every worker), as the command that makes it."""
         op = change["op"]
         args: dict[str, Any]
-        if op == "block":
+        if op in ("block", "unblock"):
             args = {"cidr": change["cidr"], "route": change["route"]}
-            if change["expires_at"] is not None:
+            if op == "block" and change["expires_at"] is not None:
                 args["seconds"] = change["expires_at"] - time.time()
                 if args["seconds"] <= 0:
                     return  # expired on its way
-        elif op == "unblock":
-            args = {"cidr": change["cidr"], "route": change["route"]}
         elif op == "gzip":
             enabled = change["enabled"]
-            args = (
-                {"route": change["route"], "reset": True}
-                if enabled is None
-                else {
-                    "route": change["route"],
-                    "enabled": enabled,
-                }
-            )
+            args = {"route": change["route"]}
+            if enabled is None:
+                args["reset"] = True
+            else:
+                args["enabled"] = enabled
         else:
             args = {"upstream": change["addr"]}
 
@@ -707,10 +702,7 @@ class FleetAPI(CommandAPI):
     def _snapshot(self, parsed: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
         master = self.master
         own = COMMANDS["snapshot"].handler(self.core, {**parsed, "limit": 0})
-        own["listeners"] = [
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            for host, port in master.listen_addresses
-        ]
+        own["listeners"] = [host_port(host, port) for host, port in master.listen_addresses]
 
         def merged(replies: Replies) -> None:
             result = merge_snapshot(
@@ -772,9 +764,8 @@ class FleetAPI(CommandAPI):
                 reply.pop("result", None)
             elif isinstance(result, dict) and "closed" in result:
                 result["closed"] = sum(r["result"].get("closed", 0) for _, r in replies)
-            result_workers = len(replies)
             if isinstance(result, dict):
-                result["workers"] = result_workers
+                result["workers"] = len(replies)
             waiting["workers"] = False
             finish()
 

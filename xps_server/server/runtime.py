@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from xps_server.config.routes import route_key
+from xps_server.config.routes import parse_route_name, route_key
 from xps_server.policy.acl import NetSet, build_access, parse_network, peer_forms
 from xps_server.policy.blocklist import BlockList
 from xps_server.server.commands import CommandError
@@ -131,13 +131,7 @@ class Runtime:
         """(canonical key, state) for a route name; CommandError if there is no such route."""
         if not isinstance(key, str) or not key.strip():
             raise CommandError(f"expected a route such as '/api' or '1:/api', got {key!r}")
-        text = key.strip()
-        index = 0
-        head, sep, rest = text.partition(":")
-        if sep and head.isascii() and head.isdigit():
-            index, text = int(head), rest
-        if len(text) > 1 and text.endswith("/"):
-            text = text[:-1]  # as the config reads req_path
+        index, text = parse_route_name(key.strip())
         servers = self.core.config.servers
         if index >= len(servers):
             raise CommandError(f"unknown route {key!r}: there is no servers[{index}]")

@@ -130,6 +130,7 @@ class Worker:
             self._forward_timer.cancel()
             return
         self.subscription = self.core.bus.subscribe(FORWARD_QUEUE, int(rate))
+        self._reported_drops = 0  # the new subscription counts its drops from 0
         self._forward_timer.reset(self.core.loop.now + FORWARD_INTERVAL)
 
     def _forward(self) -> None:
